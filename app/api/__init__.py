@@ -1,0 +1,1 @@
+"""HTTP layer: routers, schemas, dependencies, middleware. No torch here."""

@@ -1,0 +1,53 @@
+"""Typed accessors for what the lifespan put on app.state; tests override them per app."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.core.config import Settings
+from app.llm.runtime import ModelRuntime, ReadyModel
+from app.services.chat import ChatService
+from app.services.sessions import SessionStore
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_runtime(request: Request) -> ModelRuntime:
+    runtime: ModelRuntime = request.app.state.runtime
+    return runtime
+
+
+def get_sessions(request: Request) -> SessionStore:
+    sessions: SessionStore = request.app.state.sessions
+    return sessions
+
+
+def get_request_id(request: Request) -> str:
+    request_id: str = request.state.request_id
+    return request_id
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+def get_ready_model(runtime: RuntimeDep) -> ReadyModel:
+    """503 (with Retry-After) until the model is loaded and warmed up."""
+    return runtime.require_ready()
+
+
+ReadyModelDep = Annotated[ReadyModel, Depends(get_ready_model)]
+
+
+def get_chat_service(ready: ReadyModelDep, sessions: SessionsDep) -> ChatService:
+    return ChatService(sessions, ready.prompts, ready.engine)
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

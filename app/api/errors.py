@@ -1,0 +1,103 @@
+"""The one mapping from exceptions to SPEC's JSON error body and status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.errors import (
+    InvalidJSON,
+    NotFound,
+    RequestValidationFailed,
+    ServiceError,
+)
+from app.core.request_context import current_request_id
+
+logger = logging.getLogger("app.errors")
+
+_HTTP_STATUS_TYPES = {
+    400: ("invalid_request_error", "bad_request"),
+    401: ("authentication_error", "unauthorized"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+}
+
+
+def error_body(exc: ServiceError) -> dict[str, Any]:
+    return {
+        "error": {
+            "type": exc.error_type,
+            "code": exc.code,
+            "message": exc.message,
+            "param": exc.param,
+            "request_id": current_request_id(),
+        }
+    }
+
+
+def error_headers(exc: ServiceError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
+
+
+def validation_error(exc: RequestValidationError) -> ServiceError:
+    """Malformed JSON is a 400; anything the schema rejects is a 422 naming the field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return InvalidJSON("request body is not valid JSON")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    if first.get("type") == "missing" and not loc:
+        message = "request body is required"
+    return RequestValidationFailed(f"{param}: {message}" if param else message, param=param)
+
+
+async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        logger.warning("request failed", extra={"code": exc.code, "status": exc.status_code})
+    return error_response(exc)
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(validation_error(exc))
+
+
+async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type, code = _HTTP_STATUS_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
+    if exc.status_code == 404:
+        service_error: ServiceError = NotFound("route not found")
+    else:
+        service_error = ServiceError(str(exc.detail))
+        service_error.status_code, service_error.error_type, service_error.code = exc.status_code, error_type, code
+    response = error_response(service_error)
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error")
+    return error_response(ServiceError("internal server error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)

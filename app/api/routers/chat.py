@@ -1,0 +1,83 @@
+"""POST /v1/chat and the session resource GET/DELETE /v1/chat/sessions/{session_id}."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+
+from app.api.dependencies import ChatServiceDep, ReadyModelDep, RequestIdDep, SessionsDep, SettingsDep
+from app.api.schemas import (
+    SESSION_ID_PATTERN,
+    ChatMessageOut,
+    ChatRequest,
+    ChatResponse,
+    SessionResponse,
+    Usage,
+)
+from app.api.streaming import collect_unless_disconnected, sse_response
+from app.core.errors import PromptTooLong
+from app.services.generation import Completion
+
+router = APIRouter(tags=["chat"])
+
+SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+
+
+@router.post("/v1/chat", response_model=ChatResponse)
+async def chat(
+    body: ChatRequest,
+    request: Request,
+    chat_service: ChatServiceDep,
+    ready: ReadyModelDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Any:
+    total_chars = sum(len(m.content) for m in body.messages)
+    if total_chars > settings.security.max_prompt_chars:
+        raise PromptTooLong(
+            f"messages total {total_chars} characters; the limit is {settings.security.max_prompt_chars}",
+            param="messages",
+        )
+    run = await chat_service.start_turn(
+        request_id,
+        [m.to_message() for m in body.messages],
+        body.to_sampling_params(settings.model),
+        session_id=body.session_id,
+    )
+
+    def build(completion: Completion) -> ChatResponse:
+        return ChatResponse(
+            message=ChatMessageOut(role="assistant", content=completion.text),
+            model=ready.info.served_name,
+            tokens_generated=completion.completion_tokens,
+            finish_reason=completion.finish_reason,
+            cached=completion.cached,
+            session_id=body.session_id,
+            usage=Usage(
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                total_tokens=completion.total_tokens,
+            ),
+            request_id=request_id,
+        )
+
+    if body.stream:
+        return sse_response(run, build, settings.engine.sse_ping_s)
+    return build(await collect_unless_disconnected(run, request))
+
+
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse)
+async def read_session(session_id: SessionIdPath, sessions: SessionsDep) -> SessionResponse:
+    session = sessions.get(session_id, owner=None)
+    return SessionResponse(
+        session_id=session.session_id,
+        messages=[ChatMessageOut(role=m.role, content=m.content) for m in session.messages],
+        expires_at=sessions.expires_at(session),
+    )
+
+
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: SessionIdPath, sessions: SessionsDep) -> Response:
+    sessions.delete(session_id, owner=None)
+    return Response(status_code=204)

@@ -1,0 +1,50 @@
+"""POST /v1/generate: completion of a raw prompt, whole or streamed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api.dependencies import ReadyModelDep, RequestIdDep, SettingsDep
+from app.api.schemas import GenerateRequest, GenerateResponse, Usage
+from app.api.streaming import collect_unless_disconnected, sse_response
+from app.core.errors import PromptTooLong
+from app.services.generation import Completion, start_generation
+
+router = APIRouter(tags=["generate"])
+
+
+@router.post("/v1/generate", response_model=GenerateResponse)
+async def generate(
+    body: GenerateRequest, request: Request, ready: ReadyModelDep, settings: SettingsDep, request_id: RequestIdDep
+) -> Any:
+    if len(body.prompt) > settings.security.max_prompt_chars:
+        raise PromptTooLong(
+            f"prompt is {len(body.prompt)} characters; the limit is {settings.security.max_prompt_chars}",
+            param="prompt",
+        )
+    prompt_ids = ready.prompts.encode_prompt(body.prompt)
+    run = start_generation(
+        ready.engine, request_id, prompt_ids, body.to_sampling_params(settings.model), ready.info.context_length
+    )
+
+    def build(completion: Completion) -> GenerateResponse:
+        return GenerateResponse(
+            generated_text=completion.text,
+            prompt=body.prompt,
+            model=ready.info.served_name,
+            tokens_generated=completion.completion_tokens,
+            finish_reason=completion.finish_reason,
+            cached=completion.cached,
+            usage=Usage(
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                total_tokens=completion.total_tokens,
+            ),
+            request_id=request_id,
+        )
+
+    if body.stream:
+        return sse_response(run, build, settings.engine.sse_ping_s)
+    return build(await collect_unless_disconnected(run, request))

@@ -1,0 +1,78 @@
+"""How a generation run reaches the client: SSE events (token/done/error) or one JSON body.
+
+Both paths abort the generation when the client goes away (STYLE practice 9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.errors import error_body
+from app.core.errors import GenerationFailed, ServiceError
+from app.services.generation import Completion, GenerationRun
+
+logger = logging.getLogger("app.api.streaming")
+
+ResponseBuilder = Callable[[Completion], BaseModel]
+
+
+def sse_response(run: GenerationRun, build_done: ResponseBuilder, ping_s: float) -> EventSourceResponse:
+    return EventSourceResponse(
+        _events(run, build_done),
+        ping=ping_s,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(run: GenerationRun, build_done: ResponseBuilder) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for text in run:
+            yield ServerSentEvent(event="token", data=json.dumps({"text": text}, ensure_ascii=False))
+        assert run.completion is not None
+        yield ServerSentEvent(event="done", data=build_done(run.completion).model_dump_json())
+    except ServiceError as exc:
+        yield _error_event(exc)
+    except (asyncio.CancelledError, GeneratorExit):
+        logger.info("client disconnected; generation aborted")
+        raise
+    except Exception:
+        logger.exception("stream failed")
+        yield _error_event(GenerationFailed("generation failed"))
+    finally:
+        await run.aclose()
+
+
+def _error_event(exc: ServiceError) -> ServerSentEvent:
+    body: dict[str, Any] = error_body(exc)
+    return ServerSentEvent(event="error", data=json.dumps(body, ensure_ascii=False))
+
+
+async def collect_unless_disconnected(run: GenerationRun, request: Request) -> Completion:
+    """Run to completion, aborting the generation if the client disconnects first."""
+    collect = asyncio.ensure_future(run.collect())
+    watch = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if collect in done:
+            return collect.result()
+        logger.info("client disconnected; generation aborted")
+        collect.cancel()
+        raise asyncio.CancelledError
+    finally:
+        watch.cancel()
+        if not collect.done():
+            collect.cancel()
+        await run.aclose()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

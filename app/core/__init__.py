@@ -1,0 +1,1 @@
+"""Cross-cutting concerns: config, errors, logging, request ids."""

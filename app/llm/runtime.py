@@ -1,0 +1,139 @@
+"""The model's life in the server: load in the background, warm up, serve, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from app.core.config import Settings
+from app.core.errors import ModelNotReady, ServiceError
+from app.llm.chat_format import PromptBuilder
+from app.llm.types import Engine, EngineStats, GenerationRequest, SamplingParams
+
+logger = logging.getLogger("app.llm.runtime")
+
+
+class ModelState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ModelUnhealthy(ServiceError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "model_unhealthy"
+    retry_after = 30
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    served_name: str
+    device: str
+    dtype: str
+    context_length: int
+    system_prompt_supported: bool
+
+
+@dataclass(frozen=True)
+class ReadyModel:
+    engine: Engine
+    prompts: PromptBuilder
+    info: ModelInfo
+
+
+class ModelRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.state = ModelState.LOADING
+        self.progress = "starting"
+        self.error: str | None = None
+        self.started_at = time.time()
+        self._ready: ReadyModel | None = None
+        self._engine: object | None = None
+
+    @property
+    def served_name(self) -> str:
+        return self._settings.model.resolved_served_name()
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self._ready.info if self._ready else None
+
+    def require_ready(self) -> ReadyModel:
+        if self._ready is not None and self.state is ModelState.READY:
+            return self._ready
+        if self.state is ModelState.FAILED:
+            raise ModelUnhealthy("the model failed to load")
+        raise ModelNotReady(f"model is loading ({self.progress}); retry shortly")
+
+    def engine_stats(self) -> EngineStats | None:
+        return self._ready.engine.stats() if self._ready else None
+
+    async def load(self) -> None:
+        """Load, start the engine, warm up. On failure: state FAILED and the error re-raised."""
+        try:
+            ready = await asyncio.to_thread(self._load_blocking)
+        except Exception as exc:
+            self.state, self.error = ModelState.FAILED, str(exc) or type(exc).__name__
+            raise
+        if self._settings.model.warmup:
+            self._set_progress("warming up")
+            await self._warm_up(ready)
+        self._ready, self.state, self.progress = ready, ModelState.READY, "ready"
+        logger.info(
+            "model ready",
+            extra={"model": ready.info.served_name, "startup_s": round(time.time() - self.started_at, 2)},
+        )
+
+    def _load_blocking(self) -> ReadyModel:
+        """Everything slow, torch's import included, off the event loop."""
+        from app.llm.engine import SerialEngine
+        from app.llm.loader import load_model
+
+        token = self._settings.huggingface_token
+        loaded = load_model(self._settings.model, token.get_secret_value() if token else None, self._set_progress)
+        prompts = PromptBuilder(loaded.tokenizer, loaded.context_length, self._read_system_prompt())
+        engine = SerialEngine(loaded, self._settings.engine)
+        engine.start()
+        self._engine = engine
+        return ReadyModel(
+            engine=engine,
+            prompts=prompts,
+            info=ModelInfo(
+                served_name=loaded.served_name,
+                device=str(loaded.device),
+                dtype=str(loaded.dtype).removeprefix("torch."),
+                context_length=loaded.context_length,
+                system_prompt_supported=prompts.supports_system,
+            ),
+        )
+
+    async def shutdown(self) -> None:
+        shutdown = getattr(self._engine, "shutdown", None)
+        if shutdown is not None:
+            await shutdown(self._settings.engine.shutdown_grace_s)
+
+    async def _warm_up(self, ready: ReadyModel) -> None:
+        prompt_ids = ready.prompts.encode_prompt("Hello")
+        request = GenerationRequest("warmup", prompt_ids, SamplingParams(max_tokens=4, temperature=0.0))
+        async for _ in ready.engine.submit(request):
+            pass
+
+    def _set_progress(self, stage: str) -> None:
+        self.progress = stage
+
+    def _read_system_prompt(self) -> str | None:
+        path: Path | None = self._settings.model.system_prompt_file
+        if path is None:
+            return None
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            logger.warning("system prompt file not readable; no default system prompt", extra={"path": str(path)})
+            return None
+        return text or None

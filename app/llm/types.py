@@ -1,0 +1,70 @@
+"""The engine's interface and the plain data crossing it (no torch: routers and services import this)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """New text since the last chunk; the last chunk of a stream has `finish_reason` set."""
+
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    queued: int
+    running: int
+    accepting: bool
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """What services see of the engine. A batching scheduler implements the same three verbs."""
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Admit a request (raising EngineOverloaded/ShuttingDown at once) and stream its chunks.
+
+        Closing the iterator early aborts the request.
+        """
+        ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str

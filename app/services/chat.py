@@ -1,0 +1,61 @@
+"""Chat turns: stored history + new messages -> prompt; the turn is committed only on success."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from app.llm.chat_format import PromptBuilder
+from app.llm.types import ChatMessage, Engine, SamplingParams
+from app.services.generation import Completion, GenerationRun, start_generation
+from app.services.sessions import Session, SessionStore
+
+
+class ChatService:
+    def __init__(self, sessions: SessionStore, prompts: PromptBuilder, engine: Engine) -> None:
+        self._sessions = sessions
+        self._prompts = prompts
+        self._engine = engine
+
+    async def start_turn(
+        self,
+        request_id: str,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        session_id: str | None = None,
+        owner: str | None = None,
+    ) -> GenerationRun:
+        """Admit one turn. With a session, its lock is held until the run ends or is closed,
+        and history changes only if the answer completes."""
+        if session_id is None:
+            prompt = await asyncio.to_thread(self._prompts.build_chat, (), messages, params.max_tokens)
+            return start_generation(
+                self._engine, request_id, prompt.prompt_ids, params, self._prompts.context_length
+            )
+        session = self._sessions.get_or_create(session_id, owner)
+        await session.lock.acquire()
+        try:
+            prompt = await asyncio.to_thread(
+                self._prompts.build_chat, session.messages, messages, params.max_tokens
+            )
+            kept = prompt.kept_history
+
+            async def commit(completion: Completion) -> None:
+                answer = ChatMessage("assistant", completion.text)
+                self._sessions.replace_history(session, [*kept, *messages, answer])
+
+            return start_generation(
+                self._engine,
+                request_id,
+                prompt.prompt_ids,
+                params,
+                self._prompts.context_length,
+                on_success=commit,
+                on_close=session.lock.release,
+            )
+        except BaseException:
+            session.lock.release()
+            raise
+
+    def session(self, session_id: str, owner: str | None) -> Session:
+        return self._sessions.get(session_id, owner)

@@ -1,0 +1,71 @@
+"""Chat sessions: history per id, expiring after a TTL of disuse, least recently used evicted first."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+
+from app.core.config import ChatHistorySettings
+from app.core.errors import SessionNotFound
+from app.llm.types import ChatMessage
+
+
+@dataclass(eq=False)
+class Session:
+    session_id: str
+    owner: str | None
+    messages: tuple[ChatMessage, ...] = ()
+    last_used: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held for a whole turn, so turns of one session never interleave."""
+
+
+class SessionStore:
+    def __init__(self, settings: ChatHistorySettings, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._sessions: TTLCache[str, Session] = TTLCache(
+            maxsize=settings.max_sessions, ttl=settings.ttl_seconds, timer=clock
+        )
+
+    def __len__(self) -> int:
+        self._sessions.expire()
+        return len(self._sessions)
+
+    def get(self, session_id: str, owner: str | None) -> Session:
+        """The session, refreshed; SessionNotFound for unknown, expired or someone else's."""
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != owner:
+            raise SessionNotFound(f"session {session_id!r} not found", param="session_id")
+        self._touch(session)
+        return session
+
+    def get_or_create(self, session_id: str, owner: str | None) -> Session:
+        try:
+            return self.get(session_id, owner)
+        except SessionNotFound:
+            if session_id in self._sessions:  # exists, but belongs to another key
+                raise
+        session = Session(session_id=session_id, owner=owner)
+        self._touch(session)
+        return session
+
+    def delete(self, session_id: str, owner: str | None) -> None:
+        self.get(session_id, owner)
+        self._sessions.pop(session_id, None)
+
+    def replace_history(self, session: Session, messages: Sequence[ChatMessage]) -> None:
+        """Store the turn's outcome, keeping at most `max_messages`, oldest dropped first."""
+        session.messages = tuple(messages)[-self._settings.max_messages :]
+        self._touch(session)
+
+    def expires_at(self, session: Session) -> float:
+        return session.last_used + self._settings.ttl_seconds
+
+    def _touch(self, session: Session) -> None:
+        session.last_used = self._clock()
+        self._sessions[session.session_id] = session
