@@ -98,9 +98,7 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        payload: dict[str, Any] = error_body(
-            PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
-        )
+        payload: dict[str, Any] = error_body(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
         data = json.dumps(payload).encode()
         await send(
             {

@@ -167,7 +167,7 @@ def load_settings(
 ) -> Settings:
     """Build settings from the given YAML and .env, raising ConfigError with one clear line."""
     try:
-        yaml_file = config_file or _ConfigLocation(_env_file=env_file).config_file  # type: ignore[call-arg]
+        yaml_file = config_file or _ConfigLocation(_env_file=env_file).config_file
         if yaml_file != DEFAULT_CONFIG_FILE and not yaml_file.is_file():
             raise ConfigError(f"config file not found: {yaml_file}")
 

@@ -39,9 +39,7 @@ class PromptBuilder:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def build_chat(
-        self, history: Sequence[ChatMessage], new: Sequence[ChatMessage], reserve: int
-    ) -> ChatPrompt:
+    def build_chat(self, history: Sequence[ChatMessage], new: Sequence[ChatMessage], reserve: int) -> ChatPrompt:
         """Render history + new messages, dropping whole history messages oldest-first until
         the prompt leaves `reserve` tokens (at most a quarter of the window) for the answer."""
         reserve = max(1, min(reserve, self.context_length // 4))

@@ -124,9 +124,7 @@ class SerialEngine:
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking requests, let running ones finish within `grace_s`, cut the rest."""
         self._accepting = False
-        deadline = self._clock() + grace_s
-        while self._clock() < deadline and (self._queue or self._running):
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(self._wait_idle, grace_s)
         with self._wakeup:
             for job in [*self._queue, *([self._running] if self._running else [])]:
                 job.cancelled = True
@@ -136,6 +134,10 @@ class SerialEngine:
             self._wakeup.notify_all()
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join, 5.0)
+
+    def _wait_idle(self, timeout_s: float) -> None:
+        with self._wakeup:
+            self._wakeup.wait_for(lambda: not self._queue and self._running is None, timeout_s)
 
     def _next_job(self) -> _Job | None:
         with self._wakeup:
@@ -158,6 +160,7 @@ class SerialEngine:
                     with self._wakeup:
                         self._running = None
                         self._jobs.pop(job.request.request_id, None)
+                        self._wakeup.notify_all()
 
     def _run_job(self, job: _Job) -> None:
         if job.cancelled:

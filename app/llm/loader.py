@@ -88,7 +88,7 @@ def _load(settings: ModelSettings, token: str | None, progress: Callable[[str], 
     model_kwargs: dict[str, Any] = {"dtype": dtype}
     if settings.device_map is not None:
         model_kwargs["device_map"] = settings.device_map
-    model = AutoModelForCausalLM.from_pretrained(settings.name, **common, **model_kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(settings.name, **common, **model_kwargs)
     if settings.device_map is None:
         model = model.to(device)
     else:

@@ -102,7 +102,7 @@ def _convert(gguf: Path, target: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # weights are de-quantised already: save them as plain tensors
+    model.hf_quantizer = None  # type: ignore[assignment]  # weights are de-quantised already: save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")

@@ -55,9 +55,7 @@ class SequenceDecoder:
         )
 
     def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        outputs = self._loaded.model(
-            input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1
-        )
+        outputs = self._loaded.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
         self._cache = outputs.past_key_values
         logits: torch.Tensor = outputs.logits[:, -1, :]
         return logits

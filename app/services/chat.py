@@ -29,15 +29,11 @@ class ChatService:
         and history changes only if the answer completes."""
         if session_id is None:
             prompt = await asyncio.to_thread(self._prompts.build_chat, (), messages, params.max_tokens)
-            return start_generation(
-                self._engine, request_id, prompt.prompt_ids, params, self._prompts.context_length
-            )
+            return start_generation(self._engine, request_id, prompt.prompt_ids, params, self._prompts.context_length)
         session = self._sessions.get_or_create(session_id, owner)
         await session.lock.acquire()
         try:
-            prompt = await asyncio.to_thread(
-                self._prompts.build_chat, session.messages, messages, params.max_tokens
-            )
+            prompt = await asyncio.to_thread(self._prompts.build_chat, session.messages, messages, params.max_tokens)
             kept = prompt.kept_history
 
             async def commit(completion: Completion) -> None:

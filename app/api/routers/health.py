@@ -22,7 +22,7 @@ _HEALTH_STATUS = {ModelState.READY: "healthy", ModelState.LOADING: "loading", Mo
 async def health(runtime: RuntimeDep) -> JSONResponse:
     ready = runtime.state is ModelState.READY
     body = HealthResponse(
-        status=_HEALTH_STATUS[runtime.state],  # type: ignore[arg-type]
+        status=_HEALTH_STATUS[runtime.state],
         model_loaded=ready,
         model_name=runtime.served_name,
         progress=None if ready else runtime.progress,
