@@ -14,7 +14,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.api.routers import chat, generate, health
 from app.core.config import Settings
-from app.llm.runtime import ModelRuntime
+from app.llm.runtime import ModelLoader, ModelRuntime
 from app.services.sessions import SessionStore
 
 logger = logging.getLogger("app.main")
@@ -22,13 +22,16 @@ logger = logging.getLogger("app.main")
 FatalHandler = Callable[[str], None]
 
 
-def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, on_fatal: FatalHandler | None = None, model_loader: ModelLoader | None = None
+) -> FastAPI:
     """Build an app for these settings. The model loads in the background once it starts;
-    `on_fatal` is told (once, with one line) if it cannot be loaded."""
+    `on_fatal` is told (once, with one line) if it cannot be loaded. `model_loader` replaces
+    app.llm.loader.load_model (tests use it to hold the loading state)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ModelRuntime(settings)
+        runtime = ModelRuntime(settings, model_loader)
         app.state.settings = settings
         app.state.runtime = runtime
         app.state.sessions = SessionStore(settings.chat_history)

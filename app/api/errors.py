@@ -54,8 +54,8 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return InvalidJSON("request body is not valid JSON")
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        return InvalidJSON("request body is not valid JSON in UTF-8")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body" and _is_field(part)]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
     if first.get("type") == "extra_forbidden":
@@ -63,6 +63,11 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     if first.get("type") == "missing" and not loc:
         message = "request body is required"
     return RequestValidationFailed(f"{param}: {message}" if param else message, param=param)
+
+
+def _is_field(part: object) -> bool:
+    """Field names and list indexes; not pydantic's tags for union members ("list[str]")."""
+    return isinstance(part, int) or (isinstance(part, str) and part.isidentifier())
 
 
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -80,8 +85,11 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error_type, code = _HTTP_STATUS_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
+    service_error: ServiceError
     if exc.status_code == 404:
-        service_error: ServiceError = NotFound("route not found")
+        service_error = NotFound("route not found")
+    elif exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
+        service_error = InvalidJSON("request body is not valid JSON in UTF-8")
     else:
         service_error = ServiceError(str(exc.detail))
         service_error.status_code, service_error.error_type, service_error.code = exc.status_code, error_type, code

@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app.core.config import Settings
+from app.core.config import ModelSettings, Settings
 from app.core.errors import ModelNotReady, ServiceError
 from app.llm.chat_format import PromptBuilder
 from app.llm.types import Engine, EngineStats, GenerationRequest, SamplingParams
 
+if TYPE_CHECKING:
+    from app.llm.loader import LoadedModel
+
 logger = logging.getLogger("app.llm.runtime")
+
+ModelLoader = Callable[[ModelSettings, str | None, Callable[[str], None]], "LoadedModel"]
+"""Signature of app.llm.loader.load_model: settings, hub token, progress callback."""
 
 
 class ModelState(StrEnum):
@@ -47,14 +55,15 @@ class ReadyModel:
 
 
 class ModelRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, loader: ModelLoader | None = None) -> None:
         self._settings = settings
+        self._loader = loader
         self.state = ModelState.LOADING
         self.progress = "starting"
         self.error: str | None = None
         self.started_at = time.time()
         self._ready: ReadyModel | None = None
-        self._engine: object | None = None
+        self._engine: Engine | None = None
 
     @property
     def served_name(self) -> str:
@@ -96,7 +105,9 @@ class ModelRuntime:
         from app.llm.loader import load_model
 
         token = self._settings.huggingface_token
-        loaded = load_model(self._settings.model, token.get_secret_value() if token else None, self._set_progress)
+        loaded = (self._loader or load_model)(
+            self._settings.model, token.get_secret_value() if token else None, self._set_progress
+        )
         prompts = PromptBuilder(loaded.tokenizer, loaded.context_length, self._read_system_prompt())
         engine = SerialEngine(loaded, self._settings.engine)
         engine.start()
@@ -114,9 +125,8 @@ class ModelRuntime:
         )
 
     async def shutdown(self) -> None:
-        shutdown = getattr(self._engine, "shutdown", None)
-        if shutdown is not None:
-            await shutdown(self._settings.engine.shutdown_grace_s)
+        if self._engine is not None:
+            await self._engine.shutdown(self._settings.engine.shutdown_grace_s)
 
     async def _warm_up(self, ready: ReadyModel) -> None:
         prompt_ids = ready.prompts.encode_prompt("Hello")

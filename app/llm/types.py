@@ -50,7 +50,7 @@ class EngineStats:
 
 
 class Engine(Protocol):
-    """What services see of the engine. A batching scheduler implements the same three verbs."""
+    """What services see of the engine. A batching scheduler implements the same verbs."""
 
     def submit(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Admit a request (raising EngineOverloaded/ShuttingDown at once) and stream its chunks.
@@ -62,6 +62,10 @@ class Engine(Protocol):
     def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop admitting, let running requests finish within `grace_s`, cut the rest."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,11 @@ class ChatService:
             return start_generation(self._engine, request_id, prompt.prompt_ids, params, self._prompts.context_length)
         session = self._sessions.get_or_create(session_id, owner)
         await session.lock.acquire()
+
+        def end_turn() -> None:
+            self._sessions.forget_if_uncommitted(session)
+            session.lock.release()
+
         try:
             prompt = await asyncio.to_thread(self._prompts.build_chat, session.messages, messages, params.max_tokens)
             kept = prompt.kept_history
@@ -47,10 +52,10 @@ class ChatService:
                 params,
                 self._prompts.context_length,
                 on_success=commit,
-                on_close=session.lock.release,
+                on_close=end_turn,
             )
         except BaseException:
-            session.lock.release()
+            end_turn()
             raise
 
     def session(self, session_id: str, owner: str | None) -> Session:

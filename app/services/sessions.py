@@ -20,6 +20,8 @@ class Session:
     owner: str | None
     messages: tuple[ChatMessage, ...] = ()
     last_used: float = 0.0
+    committed: bool = False
+    """False until a first turn succeeds: until then the session is invisible (404)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held for a whole turn, so turns of one session never interleave."""
 
@@ -39,20 +41,26 @@ class SessionStore:
     def get(self, session_id: str, owner: str | None) -> Session:
         """The session, refreshed; SessionNotFound for unknown, expired or someone else's."""
         session = self._sessions.get(session_id)
-        if session is None or session.owner != owner:
+        if session is None or not session.committed or session.owner != owner:
             raise SessionNotFound(f"session {session_id!r} not found", param="session_id")
         self._touch(session)
         return session
 
     def get_or_create(self, session_id: str, owner: str | None) -> Session:
-        try:
-            return self.get(session_id, owner)
-        except SessionNotFound:
-            if session_id in self._sessions:  # exists, but belongs to another key
-                raise
-        session = Session(session_id=session_id, owner=owner)
+        """The session a turn works on. A new one is held (so concurrent first turns share its
+        lock) but stays invisible until `replace_history` commits a first turn."""
+        session = self._sessions.get(session_id)
+        if session is not None and session.owner != owner:
+            raise SessionNotFound(f"session {session_id!r} not found", param="session_id")
+        if session is None:
+            session = Session(session_id=session_id, owner=owner)
         self._touch(session)
         return session
+
+    def forget_if_uncommitted(self, session: Session) -> None:
+        """After a failed first turn the session never existed."""
+        if not session.committed and self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
 
     def delete(self, session_id: str, owner: str | None) -> None:
         self.get(session_id, owner)
@@ -61,6 +69,7 @@ class SessionStore:
     def replace_history(self, session: Session, messages: Sequence[ChatMessage]) -> None:
         """Store the turn's outcome, keeping at most `max_messages`, oldest dropped first."""
         session.messages = tuple(messages)[-self._settings.max_messages :]
+        session.committed = True
         self._touch(session)
 
     def expires_at(self, session: Session) -> float:
