@@ -36,7 +36,10 @@ def test_default_system_prompt_when_the_template_has_a_system_role(tokenizer: An
     assert "You are a careful assistant." in text
     assert text.rstrip().endswith("assistant")
 
-    own = decode(tokenizer, builder.build_chat((), [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], 16).prompt_ids)
+    own = decode(
+        tokenizer,
+        builder.build_chat((), [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], 16).prompt_ids,
+    )
     assert "Be brief." in own and "careful assistant" not in own
 
 
@@ -48,7 +51,8 @@ def test_system_text_is_folded_into_the_first_user_turn_without_a_system_role(to
     plain = decode(tokenizer, builder.build_chat((), [ChatMessage("user", "Hi")], 16).prompt_ids)
     assert "DEFAULT SYSTEM" not in plain  # no default where the model has no system role
     folded = decode(
-        tokenizer, builder.build_chat((), [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], 16).prompt_ids
+        tokenizer,
+        builder.build_chat((), [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], 16).prompt_ids,
     )
     assert "<user>Be brief.\n\nHi</user>" in folded
 

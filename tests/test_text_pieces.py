@@ -47,7 +47,12 @@ def tokenizer(model_dir: Path) -> object:
 
 @pytest.mark.parametrize(
     "text",
-    ["Hello, world! It's 3.14 today.", "naïve café — ünïcödé", "emoji 🎉🚀 and 日本語のテキスト", "  leading\nnew lines\t"],
+    [
+        "Hello, world! It's 3.14 today.",
+        "naïve café — ünïcödé",
+        "emoji 🎉🚀 and 日本語のテキスト",
+        "  leading\nnew lines\t",
+    ],
 )
 def test_incremental_deltas_join_to_the_full_decode(tokenizer: object, text: str) -> None:
     prompt_ids = tuple(tokenizer("Prompt:")["input_ids"])  # type: ignore[operator]

@@ -1,0 +1,95 @@
+"""Start-up: 503 while loading, healthy when ready, one line and a non-zero exit on failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from app.core.config import ModelSettings
+from app.llm.loader import LoadedModel, load_model
+from tests.conftest import ROOT, LiveServer, assert_error, make_settings, poll
+
+
+def test_loading_answers_503_then_healthy(model_dir: Path) -> None:
+    gate = threading.Event()
+
+    def held_loader(settings: ModelSettings, token: str | None, progress: Callable[[str], None]) -> LoadedModel:
+        progress("loading weights")
+        gate.wait(120)
+        return load_model(settings, token, progress)
+
+    live = LiveServer(make_settings(model_dir), model_loader=held_loader).start()
+    try:
+        with live.client() as client:
+            health = client.get("/health")
+            assert health.status_code == 503
+            assert health.json() == {
+                "status": "loading", "model_loaded": False, "model_name": "smollm2-135m-instruct",
+                "progress": "loading weights",
+            }  # fmt: skip
+            assert int(health.headers["retry-after"]) > 0
+            chat_body = {"messages": [{"role": "user", "content": "hi"}]}
+            for path, body in (("/v1/generate", {"prompt": "hi"}), ("/v1/chat", chat_body)):
+                response = client.post(path, json=body)
+                assert_error(response, 503, code="model_loading")
+                assert int(response.headers["retry-after"]) > 0
+            assert client.get("/health/live").status_code == 200
+            assert client.get("/status").json()["status"] == "loading"
+
+            gate.set()
+            live.wait_healthy()
+            assert client.get("/health").json() == {
+                "status": "healthy", "model_loaded": True, "model_name": "smollm2-135m-instruct",
+            }  # fmt: skip
+            status = client.get("/status").json()
+            assert status["model"]["device"] == "cpu" and status["model"]["dtype"] == "float32"
+            assert status["model"]["context_length"] == 8192
+    finally:
+        gate.set()
+        live.stop()
+
+
+def test_failed_load_reports_unhealthy_with_the_reason(tmp_path: Path) -> None:
+    fatal: list[str] = []
+    live = LiveServer(make_settings(tmp_path / "missing-model"), on_fatal=fatal.append).start()
+    try:
+        assert poll(lambda: bool(fatal))
+        assert len(fatal) == 1 and "\n" not in fatal[0] and "missing-model" in fatal[0]
+        with live.client() as client:
+            health = client.get("/health")
+            assert health.status_code == 503
+            assert health.json()["status"] == "unhealthy" and "missing-model" in health.json()["reason"]
+            assert_error(client.post("/v1/generate", json={"prompt": "hi"}), 503, code="model_unhealthy")
+    finally:
+        live.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_process_exits_non_zero_with_one_line_and_no_secret(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CONFIG_FILE": str(ROOT / "config.yml"),
+        "MODEL__NAME": str(tmp_path / "no-such-model"),
+        "APP__PORT": str(_free_port()),
+        "HUGGINGFACE_TOKEN": "hf_topsecret_value",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "hf_topsecret_value" not in output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if '"level": "ERROR"' in line]
+    assert len(errors) == 1 and "no-such-model" in errors[0], output
