@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from app.core.config import ModelSettings
 from app.llm.loader import LoadedModel, load_model
@@ -93,3 +97,48 @@ def test_process_exits_non_zero_with_one_line_and_no_secret(tmp_path: Path) -> N
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if '"level": "ERROR"' in line]
     assert len(errors) == 1 and "no-such-model" in errors[0], output
+
+
+def test_served_process_logs_json_lines_with_request_ids_and_no_prompts(model_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CONFIG_FILE": str(ROOT / "config.yml"),
+        "MODEL__NAME": str(model_dir),
+        "MODEL__SYSTEM_PROMPT_FILE": str(ROOT / "prompts" / "system.txt"),
+        "APP__PORT": str(port),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    secret_prompt = "zebra-quokka-77 tell me a story"
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            assert poll(lambda: _health(client) == 200, timeout_s=120)
+            response = client.post(
+                "/v1/generate", json={"prompt": secret_prompt, "max_tokens": 3}, headers={"X-Request-ID": "trace-me-1"}
+            )
+            assert response.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    # uvicorn re-raises the caught SIGTERM once shutdown is complete
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete." in output
+    records = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
+    assert all({"ts", "level", "logger", "message", "request_id"} <= set(r) for r in records)
+    traced = [r for r in records if r["request_id"] == "trace-me-1"]
+    assert {r["message"] for r in traced} >= {"request", "generation finished"}
+    assert "zebra-quokka" not in output
+
+
+def _health(client: httpx.Client) -> int:
+    try:
+        return client.get("/health").status_code
+    except httpx.TransportError:
+        return 0

@@ -106,8 +106,6 @@ class ChatHistorySettings(Section):
 
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_prompts: bool = False
-    """Log prompts and outputs (off by default)."""
     access_log: bool = True
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,8 @@ class Completion:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+
+logger = logging.getLogger("app.generation")
 
 OnSuccess = Callable[[Completion], Awaitable[None]]
 
@@ -44,6 +48,7 @@ class GenerationRun:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         text_parts: list[str] = []
+        started = time.perf_counter()
         try:
             async for chunk in self._chunks:
                 if chunk.text:
@@ -59,6 +64,15 @@ class GenerationRun:
                     if self._on_success is not None:
                         await self._on_success(completion)
                     self.completion = completion
+                    logger.info(
+                        "generation finished",
+                        extra={
+                            "prompt_tokens": completion.prompt_tokens,
+                            "completion_tokens": completion.completion_tokens,
+                            "finish_reason": completion.finish_reason,
+                            "duration_s": round(time.perf_counter() - started, 4),
+                        },
+                    )
         finally:
             await self.aclose()
 
