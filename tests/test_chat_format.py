@@ -10,14 +10,8 @@ from transformers import AutoTokenizer
 
 from app.core.errors import ContextLengthExceeded
 from app.llm.chat_format import PromptBuilder
+from app.llm.embedded_templates import GEMMA3_CHAT_TEMPLATE
 from app.llm.types import ChatMessage
-
-# A template without a system role, refusing one the way Gemma's family of templates does.
-NO_SYSTEM_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-    "{% endif %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +37,9 @@ def test_default_system_prompt_when_the_template_has_a_system_role(tokenizer: An
     assert "Be brief." in own and "careful assistant" not in own
 
 
-def test_system_text_is_folded_into_the_first_user_turn_without_a_system_role(tokenizer: Any) -> None:
+def test_gemma_template_has_no_system_role_so_system_text_is_folded(tokenizer: Any) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
-    tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
     builder = PromptBuilder(tokenizer, 8192, "DEFAULT SYSTEM")
     assert not builder.supports_system
     plain = decode(tokenizer, builder.build_chat((), [ChatMessage("user", "Hi")], 16).prompt_ids)
@@ -54,7 +48,7 @@ def test_system_text_is_folded_into_the_first_user_turn_without_a_system_role(to
         tokenizer,
         builder.build_chat((), [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], 16).prompt_ids,
     )
-    assert "<user>Be brief.\n\nHi</user>" in folded
+    assert "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>" in folded
 
 
 def test_history_is_trimmed_oldest_first_and_never_mid_message(tokenizer: Any) -> None:

