@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.core.config import ModelSettings
+from app.core.errors import PromptTooLong
 from app.llm.types import ChatMessage, SamplingParams
+from app.services.generation import Completion
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
@@ -64,6 +66,10 @@ class SamplingFields(StrictRequest):
 class GenerateRequest(SamplingFields):
     prompt: Annotated[Text, AfterValidator(_not_blank)]
 
+    def check_prompt_size(self, max_chars: int) -> None:
+        if len(self.prompt) > max_chars:
+            raise PromptTooLong(f"prompt is {len(self.prompt)} characters; the limit is {max_chars}", param="prompt")
+
 
 class ChatMessageIn(StrictRequest):
     role: Literal["system", "user", "assistant"]
@@ -77,11 +83,25 @@ class ChatRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
 
+    def check_prompt_size(self, max_chars: int) -> None:
+        """The limit bounds the new messages of the turn together; stored history is the server's."""
+        total = sum(len(m.content) for m in self.messages)
+        if total > max_chars:
+            raise PromptTooLong(f"messages total {total} characters; the limit is {max_chars}", param="messages")
+
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, completion: Completion) -> Usage:
+        return cls(
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=completion.total_tokens,
+        )
 
 
 class GenerateResponse(BaseModel):
@@ -123,10 +143,3 @@ class HealthResponse(BaseModel):
     model_name: str
     progress: str | None = None
     reason: str | None = None
-
-
-class TokenEvent(BaseModel):
-    text: str
-
-
-StatusResponse = dict[str, Any]

@@ -24,6 +24,15 @@ logger = logging.getLogger("app.api.streaming")
 ResponseBuilder = Callable[[Completion], BaseModel]
 
 
+async def respond(
+    run: GenerationRun, build: ResponseBuilder, request: Request, stream: bool, ping_s: float
+) -> BaseModel | EventSourceResponse:
+    """The one way a native endpoint answers a run: SSE events, or the whole body once done."""
+    if stream:
+        return sse_response(run, build, ping_s)
+    return build(await collect_unless_disconnected(run, request))
+
+
 def sse_response(run: GenerationRun, build_done: ResponseBuilder, ping_s: float) -> EventSourceResponse:
     return EventSourceResponse(
         _events(run, build_done),

@@ -15,8 +15,7 @@ from app.api.schemas import (
     SessionResponse,
     Usage,
 )
-from app.api.streaming import collect_unless_disconnected, sse_response
-from app.core.errors import PromptTooLong
+from app.api.streaming import respond
 from app.services.generation import Completion
 
 router = APIRouter(tags=["chat"])
@@ -33,12 +32,7 @@ async def chat(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Any:
-    total_chars = sum(len(m.content) for m in body.messages)
-    if total_chars > settings.security.max_prompt_chars:
-        raise PromptTooLong(
-            f"messages total {total_chars} characters; the limit is {settings.security.max_prompt_chars}",
-            param="messages",
-        )
+    body.check_prompt_size(settings.security.max_prompt_chars)
     run = await chat_service.start_turn(
         request_id,
         [m.to_message() for m in body.messages],
@@ -54,17 +48,11 @@ async def chat(
             finish_reason=completion.finish_reason,
             cached=completion.cached,
             session_id=body.session_id,
-            usage=Usage(
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                total_tokens=completion.total_tokens,
-            ),
+            usage=Usage.of(completion),
             request_id=request_id,
         )
 
-    if body.stream:
-        return sse_response(run, build, settings.engine.sse_ping_s)
-    return build(await collect_unless_disconnected(run, request))
+    return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
 
 
 @router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse)

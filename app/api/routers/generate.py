@@ -8,8 +8,7 @@ from fastapi import APIRouter, Request
 
 from app.api.dependencies import ReadyModelDep, RequestIdDep, SettingsDep
 from app.api.schemas import GenerateRequest, GenerateResponse, Usage
-from app.api.streaming import collect_unless_disconnected, sse_response
-from app.core.errors import PromptTooLong
+from app.api.streaming import respond
 from app.services.generation import Completion, start_generation
 
 router = APIRouter(tags=["generate"])
@@ -19,11 +18,7 @@ router = APIRouter(tags=["generate"])
 async def generate(
     body: GenerateRequest, request: Request, ready: ReadyModelDep, settings: SettingsDep, request_id: RequestIdDep
 ) -> Any:
-    if len(body.prompt) > settings.security.max_prompt_chars:
-        raise PromptTooLong(
-            f"prompt is {len(body.prompt)} characters; the limit is {settings.security.max_prompt_chars}",
-            param="prompt",
-        )
+    body.check_prompt_size(settings.security.max_prompt_chars)
     prompt_ids = ready.prompts.encode_prompt(body.prompt)
     run = start_generation(
         ready.engine, request_id, prompt_ids, body.to_sampling_params(settings.model), ready.info.context_length
@@ -37,14 +32,8 @@ async def generate(
             tokens_generated=completion.completion_tokens,
             finish_reason=completion.finish_reason,
             cached=completion.cached,
-            usage=Usage(
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                total_tokens=completion.total_tokens,
-            ),
+            usage=Usage.of(completion),
             request_id=request_id,
         )
 
-    if body.stream:
-        return sse_response(run, build, settings.engine.sse_ping_s)
-    return build(await collect_unless_disconnected(run, request))
+    return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
