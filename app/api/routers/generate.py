@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +20,7 @@ async def generate(
     body: GenerateRequest, request: Request, ready: ReadyModelDep, settings: SettingsDep, request_id: RequestIdDep
 ) -> Any:
     body.check_prompt_size(settings.security.max_prompt_chars)
-    prompt_ids = ready.prompts.encode_prompt(body.prompt)
+    prompt_ids = await asyncio.to_thread(ready.prompts.encode_prompt, body.prompt)  # long prompts: off the loop
     run = start_generation(
         ready.engine, request_id, prompt_ids, body.to_sampling_params(settings.model), ready.info.context_length
     )
