@@ -17,9 +17,18 @@ def stream_events(client: httpx.Client, path: str, body: dict[str, object]) -> l
         return [(event, data) for event, data in iter_sse(response) if event != "comment"]
 
 
+def queue(client: httpx.Client) -> dict[str, int]:
+    state: dict[str, int] = client.get("/status").json()["queue"]
+    return state
+
+
 def running(client: httpx.Client) -> int:
-    count: int = client.get("/status").json()["queue"]["running"]
-    return count
+    return queue(client)["running"]
+
+
+def stopped_by_disconnect(client: httpx.Client, cancelled_before: int) -> bool:
+    state = queue(client)
+    return state["running"] == 0 and state["cancelled"] == cancelled_before + 1
 
 
 def test_generate_streams_token_by_token_then_done(client: httpx.Client) -> None:
@@ -66,6 +75,7 @@ def test_disconnect_mid_stream_keeps_history_and_frees_the_engine(client: httpx.
 
     body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1000,
             "temperature": 0, "session_id": session_id, "stream": True}  # fmt: skip
+    cancelled_before = queue(client)["cancelled"]
     with client.stream("POST", "/v1/chat", json=body) as response:
         tokens = 0
         for event, _ in iter_sse(response):
@@ -73,7 +83,7 @@ def test_disconnect_mid_stream_keeps_history_and_frees_the_engine(client: httpx.
             if tokens == 3:
                 break
         assert running(client) == 1  # /status answers while the generation runs
-    assert poll(lambda: running(client) == 0), "the aborted generation kept running"
+    assert poll(lambda: stopped_by_disconnect(client, cancelled_before)), "the generation was not aborted"
     assert client.get(f"/v1/chat/sessions/{session_id}").json()["messages"] == before
     assert client.get("/health").status_code == 200
     again = {**body, "max_tokens": 3, "stream": False}
@@ -82,6 +92,7 @@ def test_disconnect_mid_stream_keeps_history_and_frees_the_engine(client: httpx.
 
 def test_non_streamed_client_that_leaves_stops_its_generation(server: LiveServer, client: httpx.Client) -> None:
     body = {"prompt": "Write a long essay about rivers.", "max_tokens": 1000, "temperature": 0}
+    cancelled_before = queue(client)["cancelled"]
     with server.client(timeout_s=1.5) as impatient:
         try:
             impatient.post("/v1/generate", json=body)
@@ -89,7 +100,7 @@ def test_non_streamed_client_that_leaves_stops_its_generation(server: LiveServer
             pass
         else:
             raise AssertionError("a 1000-token generation answered within the client's timeout")
-    assert poll(lambda: running(client) == 0), "the abandoned generation kept running"
+    assert poll(lambda: stopped_by_disconnect(client, cancelled_before)), "the generation was not aborted"
 
 
 def test_health_answers_while_a_generation_runs(client: httpx.Client) -> None:

@@ -92,6 +92,7 @@ class SerialEngine:
         self._wakeup = threading.Condition()
         self._accepting = True
         self._stopping = False
+        self._cancelled = 0
         self._thread = threading.Thread(target=self._run_forever, name="inference", daemon=True)
 
     def start(self) -> None:
@@ -118,7 +119,10 @@ class SerialEngine:
     def stats(self) -> EngineStats:
         with self._wakeup:
             return EngineStats(
-                queued=len(self._queue), running=int(self._running is not None), accepting=self._accepting
+                queued=len(self._queue),
+                running=int(self._running is not None),
+                accepting=self._accepting,
+                cancelled=self._cancelled,
             )
 
     async def shutdown(self, grace_s: float) -> None:
@@ -164,6 +168,7 @@ class SerialEngine:
 
     def _run_job(self, job: _Job) -> None:
         if job.cancelled:
+            self._cancelled += 1
             return
         started = self._clock()
         if started - job.enqueued_at > self._settings.queue_timeout_s:
@@ -179,3 +184,4 @@ class SerialEngine:
                 job.deliver(chunk)
             if chunk.finish_reason:
                 return
+        self._cancelled += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
@@ -46,7 +46,8 @@ class EngineStats:
     queued: int
     running: int
     accepting: bool
-    extra: dict[str, int] = field(default_factory=dict)
+    cancelled: int = 0
+    """Requests stopped because their client went away, since start."""
 
 
 class Engine(Protocol):

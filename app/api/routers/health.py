@@ -62,6 +62,7 @@ async def status(runtime: RuntimeDep, sessions: SessionsDep, settings: SettingsD
         "queue": {
             "queued": stats.queued if stats else 0,
             "running": stats.running if stats else 0,
+            "cancelled": stats.cancelled if stats else 0,
             "max_queue": settings.engine.max_queue,
         },
         "limits": {
