@@ -36,9 +36,6 @@ class PromptBuilder:
         ids = self._tokenizer(prompt, add_special_tokens=True)["input_ids"]
         return self._check_fits(tuple(ids), reserve=1)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def build_chat(self, history: Sequence[ChatMessage], new: Sequence[ChatMessage], reserve: int) -> ChatPrompt:
         """Render history + new messages, dropping whole history messages oldest-first until
         the prompt leaves `reserve` tokens (at most a quarter of the window) for the answer."""

@@ -121,7 +121,6 @@ class SerialEngine:
             return EngineStats(
                 queued=len(self._queue),
                 running=int(self._running is not None),
-                accepting=self._accepting,
                 cancelled=self._cancelled,
             )
 

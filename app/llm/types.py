@@ -45,7 +45,6 @@ class GenerationChunk:
 class EngineStats:
     queued: int
     running: int
-    accepting: bool
     cancelled: int = 0
     """Requests stopped because their client went away, since start."""
 

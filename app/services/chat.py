@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from app.llm.chat_format import PromptBuilder
 from app.llm.types import ChatMessage, Engine, SamplingParams
 from app.services.generation import Completion, GenerationRun, start_generation
-from app.services.sessions import Session, SessionStore
+from app.services.sessions import SessionStore
 
 
 class ChatService:
@@ -57,6 +57,3 @@ class ChatService:
         except BaseException:
             end_turn()
             raise
-
-    def session(self, session_id: str, owner: str | None) -> Session:
-        return self._sessions.get(session_id, owner)

@@ -20,10 +20,14 @@ class Session:
     owner: str | None
     messages: tuple[ChatMessage, ...] = ()
     last_used: float = 0.0
-    committed: bool = False
-    """False until a first turn succeeds: until then the session is invisible (404)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held for a whole turn, so turns of one session never interleave."""
+
+    @property
+    def committed(self) -> bool:
+        """A first turn succeeded (every turn stores at least two messages); until then the
+        session is invisible (404)."""
+        return bool(self.messages)
 
 
 class SessionStore:
@@ -36,7 +40,7 @@ class SessionStore:
 
     def __len__(self) -> int:
         self._sessions.expire()
-        return len(self._sessions)
+        return sum(1 for session in self._sessions.values() if session.committed)
 
     def get(self, session_id: str, owner: str | None) -> Session:
         """The session, refreshed; SessionNotFound for unknown, expired or someone else's."""
@@ -69,7 +73,6 @@ class SessionStore:
     def replace_history(self, session: Session, messages: Sequence[ChatMessage]) -> None:
         """Store the turn's outcome, keeping at most `max_messages`, oldest dropped first."""
         session.messages = tuple(messages)[-self._settings.max_messages :]
-        session.committed = True
         self._touch(session)
 
     def expires_at(self, session: Session) -> float:
