@@ -97,10 +97,11 @@ def test_repository_config_and_env_example_agree() -> None:
     lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
     keys = [line.lstrip("# ").split("=", 1)[0] for line in lines if "=" in line and "__" in line.split("=", 1)[0]]
     assert keys, ".env.example lists no keys"
-    dumped = settings.model_dump()
     for key in keys:
-        section, _, field = key.lower().partition("__")
-        assert field in dumped[section], key
+        node: object = settings.model_dump()
+        for part in key.lower().split("__"):
+            assert isinstance(node, dict) and part in node, key
+            node = node[part]
 
 
 def test_server_refuses_invalid_config_with_one_line(tmp_path: Path) -> None:

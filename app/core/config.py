@@ -5,10 +5,21 @@ The one place configuration is read. Every other module receives the section it 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -86,13 +97,99 @@ class EngineSettings(Section):
     """On shutdown, time given to running generations before they are cut."""
     sse_ping_s: float = Field(15.0, gt=0)
     """Keep-alive comment interval on SSE streams."""
+    max_batch_size: int = Field(32, ge=1)
+    """Requests decoded together in one forward pass; 1 turns batching off."""
+
+
+class NamedKey(Section):
+    """An API key with a name for logs and metrics; give the key itself or its SHA-256 (hex)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    key: SecretStr | None = Field(None, min_length=8)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> NamedKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key or key_sha256")
+        return self
 
 
 class SecuritySettings(Section):
+    api_keys: list[SecretStr | NamedKey] = []
+    """Accepted API keys: plain strings or {name, key} / {name, key_sha256}. Empty: no auth."""
+    allow_unauthenticated: bool = False
+    """Allow binding a non-loopback address with no API key configured."""
+    protect_metrics: bool = False
+    """Require an API key for /metrics too."""
     max_prompt_chars: int = Field(32_000, ge=1)
     """Longest prompt (or total of a chat turn's new messages) accepted: 413 beyond."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted: 413 beyond."""
+
+
+class RateLimitSettings(Section):
+    enabled: bool = True
+    requests_per_minute: float = Field(120.0, gt=0)
+    """Sustained rate: the bucket refills at this many requests per minute."""
+    burst_size: int = Field(30, ge=1)
+    """Bucket capacity: requests allowed at once after a quiet spell."""
+    tokens_per_minute: int | None = Field(None, ge=1)
+    """Optional budget of generated tokens per key (or IP) per minute."""
+    trust_forwarded_for: bool = False
+    """Take the client IP from X-Forwarded-For (only behind a proxy you control)."""
+
+
+class CacheSettings(Section):
+    enabled: bool = True
+    size: int = Field(1024, ge=1)
+    """Responses kept; the least recently used goes first."""
+    ttl_seconds: float = Field(600.0, gt=0)
+    """A cached response expires this long after it was stored."""
+    deterministic_only: bool = True
+    """Cache only requests whose answer is fixed: temperature 0 or a given seed."""
+
+
+PII_ENTITIES = ("email", "phone", "credit_card", "us_ssn", "ip_address")
+
+
+class PIIEntitySettings(Section):
+    email: bool = True
+    phone: bool = True
+    credit_card: bool = True
+    """Card numbers that pass the Luhn check."""
+    us_ssn: bool = True
+    ip_address: bool = True
+    """IPv4 and IPv6 addresses."""
+
+
+class PIISettings(Section):
+    enabled: bool = True
+    redact_input: bool = True
+    """Redact prompts and messages before the model, the cache and any log see them."""
+    redact_output: bool = True
+    """Redact generated text, streams included."""
+    mode: Literal["redact", "block"] = "redact"
+    """redact: replace with [EMAIL] etc.; block: refuse input containing PII with 400."""
+    entities: PIIEntitySettings = PIIEntitySettings()
+    custom_patterns: dict[str, str] = {}
+    """Extra patterns, name -> regex; matches become [NAME]."""
+
+    @field_validator("custom_patterns")
+    @classmethod
+    def _valid_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", name):
+                raise ValueError(f"pattern name {name!r} must be a letter then letters, digits or _")
+            if name.lower() in PII_ENTITIES:
+                raise ValueError(f"pattern name {name!r} is a built-in entity")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name!r} is not a valid regex: {exc}") from None
+            if compiled.match(""):
+                raise ValueError(f"pattern {name!r} matches the empty string")
+        return patterns
 
 
 class ChatHistorySettings(Section):
@@ -107,6 +204,8 @@ class ChatHistorySettings(Section):
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
+    log_prompts: bool = False
+    """Log prompts and outputs (PII-redacted) with each finished generation."""
 
 
 class Settings(BaseSettings):
@@ -125,7 +224,10 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     engine: EngineSettings = EngineSettings()
     security: SecuritySettings = SecuritySettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    cache: CacheSettings = CacheSettings()
     chat_history: ChatHistorySettings = ChatHistorySettings()
+    pii: PIISettings = PIISettings()
     logging: LoggingSettings = LoggingSettings()
     huggingface_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("HUGGINGFACE_TOKEN", "HF_TOKEN", "huggingface_token")
@@ -137,6 +239,15 @@ class Settings(BaseSettings):
     def _blank_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @model_validator(mode="after")
+    def _no_open_public_bind(self) -> Settings:
+        if not self.security.api_keys and not self.security.allow_unauthenticated and not is_loopback(self.app.host):
+            raise ValueError(
+                f"app.host {self.app.host} is reachable from other machines but security.api_keys is empty; "
+                "set security.api_keys or security.allow_unauthenticated: true"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -147,6 +258,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, dotenv_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _ConfigLocation(BaseSettings):
@@ -182,6 +302,7 @@ def load_settings(
 def _describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
-        key = ".".join(str(p) for p in error["loc"]) or "(root)"
-        parts.append(f"{key}: {error['msg']}")
+        key = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{key}: {message}" if error["loc"] else message)
     return "invalid configuration: " + "; ".join(parts)

@@ -27,7 +27,7 @@ from app.core.errors import (
 )
 from app.llm.loader import LoadedModel
 from app.llm.sequence import SequenceDecoder
-from app.llm.types import EngineStats, GenerationChunk, GenerationRequest
+from app.llm.types import BatchObserver, EngineStats, GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("app.llm.engine")
 
@@ -82,8 +82,15 @@ class _JobStream(AsyncIterator[GenerationChunk]):
 class SerialEngine:
     """Runs queued requests on one inference thread, one at a time, token by token."""
 
-    def __init__(self, loaded: LoadedModel, settings: EngineSettings, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        settings: EngineSettings,
+        clock: Clock = time.monotonic,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
         self._loaded = loaded
+        self._on_batch = on_batch
         self._settings = settings
         self._clock = clock
         self._queue: deque[_Job] = deque()
@@ -179,6 +186,8 @@ class SerialEngine:
                 job.deliver(GenerationTimeout("generation exceeded engine.request_timeout_s"))
                 return
             chunk = decoder.step()
+            if self._on_batch is not None:
+                self._on_batch(1)
             if chunk.text or chunk.finish_reason:
                 job.deliver(chunk)
             if chunk.finish_reason:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from app.core.config import ModelSettings, Settings
 from app.core.errors import ModelNotReady, ServiceError
 from app.llm.chat_format import PromptBuilder
-from app.llm.types import Engine, EngineStats, GenerationRequest, SamplingParams
+from app.llm.types import BatchObserver, Engine, EngineStats, GenerationRequest, SamplingParams
 
 if TYPE_CHECKING:
     from app.llm.loader import LoadedModel
@@ -55,9 +55,12 @@ class ReadyModel:
 
 
 class ModelRuntime:
-    def __init__(self, settings: Settings, loader: ModelLoader | None = None) -> None:
+    def __init__(
+        self, settings: Settings, loader: ModelLoader | None = None, on_batch: BatchObserver | None = None
+    ) -> None:
         self._settings = settings
         self._loader = loader
+        self._on_batch = on_batch
         self.state = ModelState.LOADING
         self.progress = "starting"
         self.error: str | None = None
@@ -110,7 +113,7 @@ class ModelRuntime:
             self._settings.model, token.get_secret_value() if token else None, self._set_progress
         )
         prompts = PromptBuilder(loaded.tokenizer, loaded.context_length, self._read_system_prompt())
-        engine = SerialEngine(loaded, self._settings.engine)
+        engine = SerialEngine(loaded, self._settings.engine, on_batch=self._on_batch)
         engine.start()
         self._engine = engine
         return ReadyModel(

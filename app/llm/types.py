@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -47,6 +47,10 @@ class EngineStats:
     running: int
     cancelled: int = 0
     """Requests stopped because their client went away, since start."""
+
+
+BatchObserver = Callable[[int], None]
+"""Told the batch size of every decoding step, on the inference thread (feeds llm_batch_size)."""
 
 
 class Engine(Protocol):
