@@ -7,14 +7,22 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
 from app.api.errors import install_error_handlers
+from app.api.guard import Gatekeeper, guard
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from app.api.routers import chat, generate, health
-from app.core.config import Settings
+from app.api.routers import chat, generate, health, metrics, status
+from app.core.cache import ResponseCache
+from app.core.config import PII_ENTITIES, Settings
+from app.core.metrics import LiveValues, LLMMetrics
+from app.core.pii import PIIGuard
+from app.core.rate_limit import RateLimiter
+from app.core.security import ApiKeys
 from app.llm.runtime import ModelLoader, ModelRuntime
+from app.services.generation import Completion, GenerationPolicy
 from app.services.sessions import SessionStore
 
 logger = logging.getLogger("app.main")
@@ -29,13 +37,23 @@ def create_app(
     `on_fatal` is told (once, with one line) if it cannot be loaded. `model_loader` replaces
     app.llm.loader.load_model (tests use it to hold the loading state)."""
 
+    policy = _build_policy(settings)
+    llm_metrics = policy.metrics
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ModelRuntime(settings, model_loader)
-        app.state.settings = settings
+        runtime = ModelRuntime(settings, model_loader, on_batch=llm_metrics.observe_batch)
+        sessions = SessionStore(settings.chat_history)
         app.state.runtime = runtime
-        app.state.sessions = SessionStore(settings.chat_history)
-        loading = asyncio.create_task(_load(runtime, on_fatal), name="model-load")
+        app.state.sessions = sessions
+        llm_metrics.watch(
+            LiveValues(
+                queue=lambda: _queue_counts(runtime),
+                cache=lambda: policy.cache.stats() if policy.cache else None,
+                sessions=lambda: len(sessions),
+            )
+        )
+        loading = asyncio.create_task(_load(runtime, llm_metrics, on_fatal), name="model-load")
         try:
             yield
         finally:
@@ -50,17 +68,51 @@ def create_app(
         lifespan=lifespan,
         root_path=settings.app.root_path,
     )
+    app.state.settings = settings
+    app.state.policy = policy
+    app.state.gatekeeper = Gatekeeper(
+        keys=ApiKeys(settings.security.api_keys),
+        limiter=RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None,
+        trust_forwarded_for=settings.rate_limit.trust_forwarded_for,
+    )
     install_error_handlers(app)
-    for router in (generate.router, chat.router, health.router):
-        app.include_router(router)
+    protected = [Depends(guard)]
+    for router in (generate.router, chat.router, status.router):
+        app.include_router(router, dependencies=protected)
+    app.include_router(health.router)
+    app.include_router(metrics.router, dependencies=protected if settings.security.protect_metrics else [])
+    Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, access_log=settings.logging.access_log)
     return app
 
 
-async def _load(runtime: ModelRuntime, on_fatal: FatalHandler | None) -> None:
+def _build_policy(settings: Settings) -> GenerationPolicy:
+    pii_entities = [*PII_ENTITIES, *settings.pii.custom_patterns]
+    llm_metrics = LLMMetrics(settings.model.resolved_served_name(), pii_entities)
+    cache: ResponseCache[Completion] | None = (
+        ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None
+    )
+    return GenerationPolicy(
+        pii=PIIGuard(settings.pii, on_redaction=llm_metrics.count_redactions),
+        metrics=llm_metrics,
+        cache=cache,
+        cache_deterministic_only=settings.cache.deterministic_only,
+        log_prompts=settings.logging.log_prompts,
+    )
+
+
+def _queue_counts(runtime: ModelRuntime) -> tuple[int, int]:
+    stats = runtime.engine_stats()
+    return (stats.queued, stats.running) if stats else (0, 0)
+
+
+async def _load(runtime: ModelRuntime, llm_metrics: LLMMetrics, on_fatal: FatalHandler | None) -> None:
     try:
         await runtime.load()
+        if runtime.info is not None:
+            info = runtime.info
+            llm_metrics.model_info.info({"model": info.served_name, "device": info.device, "dtype": info.dtype})
     except Exception as exc:  # any failure is reported once, as one line, and ends the process
         message = str(exc) or type(exc).__name__
         logger.error(message)

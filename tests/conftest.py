@@ -89,8 +89,9 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def server(model_dir: Path) -> Iterator[LiveServer]:
-    """One server with the repository's config on the embedded model, shared by the suite."""
-    live = LiveServer(make_settings(model_dir)).start().wait_healthy()
+    """One server with the repository's config on the embedded model, shared by the suite.
+    Its rate limit is off (the suite sends far more than a client would); test_guard has its own."""
+    live = LiveServer(make_settings(model_dir, rate_limit={"enabled": False})).start().wait_healthy()
     yield live
     live.stop()
 

@@ -16,7 +16,10 @@ LONG = {"prompt": "Write a long essay about mountains.", "max_tokens": 1000, "te
 
 @pytest.fixture(scope="module")
 def tight_queue(model_dir: Path) -> Iterator[LiveServer]:
-    live = LiveServer(make_settings(model_dir, engine={"max_queue": 1})).start().wait_healthy()
+    # no cache: identical requests would share one generation instead of queueing
+    live = (
+        LiveServer(make_settings(model_dir, engine={"max_queue": 1}, cache={"enabled": False})).start().wait_healthy()
+    )
     yield live
     live.stop()
 

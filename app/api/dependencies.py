@@ -6,9 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.core.cache import ResponseCache
 from app.core.config import Settings
+from app.core.metrics import LLMMetrics
 from app.llm.runtime import ModelRuntime, ReadyModel
 from app.services.chat import ChatService
+from app.services.generation import Completion, GenerationPolicy, GenerationService
 from app.services.sessions import SessionStore
 
 
@@ -27,6 +30,19 @@ def get_sessions(request: Request) -> SessionStore:
     return sessions
 
 
+def get_policy(request: Request) -> GenerationPolicy:
+    policy: GenerationPolicy = request.app.state.policy
+    return policy
+
+
+def get_metrics(request: Request) -> LLMMetrics:
+    return get_policy(request).metrics
+
+
+def get_cache(request: Request) -> ResponseCache[Completion] | None:
+    return get_policy(request).cache
+
+
 def get_request_id(request: Request) -> str:
     request_id: str = request.state.request_id
     return request_id
@@ -36,6 +52,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+PolicyDep = Annotated[GenerationPolicy, Depends(get_policy)]
+MetricsDep = Annotated[LLMMetrics, Depends(get_metrics)]
+CacheDep = Annotated[ResponseCache[Completion] | None, Depends(get_cache)]
 
 
 def get_ready_model(runtime: RuntimeDep) -> ReadyModel:
@@ -46,8 +65,15 @@ def get_ready_model(runtime: RuntimeDep) -> ReadyModel:
 ReadyModelDep = Annotated[ReadyModel, Depends(get_ready_model)]
 
 
-def get_chat_service(ready: ReadyModelDep, sessions: SessionsDep) -> ChatService:
-    return ChatService(sessions, ready.prompts, ready.engine)
+def get_generation_service(ready: ReadyModelDep, policy: PolicyDep) -> GenerationService:
+    return GenerationService(ready.engine, ready.info.served_name, ready.info.context_length, policy)
+
+
+GenerationServiceDep = Annotated[GenerationService, Depends(get_generation_service)]
+
+
+def get_chat_service(ready: ReadyModelDep, sessions: SessionsDep, generation: GenerationServiceDep) -> ChatService:
+    return ChatService(sessions, ready.prompts, generation)
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

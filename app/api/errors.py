@@ -41,12 +41,15 @@ def error_body(exc: ServiceError) -> dict[str, Any]:
     }
 
 
-def error_headers(exc: ServiceError) -> dict[str, str]:
-    return {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-
-
 def error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=error_headers(exc))
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.response_headers())
+
+
+def record_rejection(request: Request, exc: ServiceError) -> None:
+    """Count the error in llm_requests_rejected_total{reason}, if it rejects a request."""
+    policy = getattr(request.app.state, "policy", None)
+    if policy is not None:
+        policy.metrics.reject(exc.reject_reason)
 
 
 def validation_error(exc: RequestValidationError) -> ServiceError:
@@ -72,6 +75,7 @@ def _is_field(part: object) -> bool:
 
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    record_rejection(request, exc)
     if exc.status_code >= 500:
         logger.warning("request failed", extra={"code": exc.code, "status": exc.status_code})
     return error_response(exc)
@@ -79,7 +83,9 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(validation_error(exc))
+    error = validation_error(exc)
+    record_rejection(request, error)
+    return error_response(error)
 
 
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -40,6 +40,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
+                for name, value in scope["state"].get("response_headers", {}).items():
+                    headers[name] = value
                 headers["X-Request-ID"] = request_id
                 headers["X-Process-Time"] = f"{time.perf_counter() - started:.4f}"
             await send(message)
@@ -54,6 +56,7 @@ class RequestContextMiddleware:
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
+                        "key": getattr(scope["state"].get("principal"), "name", None),
                         "duration_s": round(time.perf_counter() - started, 4),
                     },
                 )

@@ -15,7 +15,8 @@ from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.errors import error_body
+from app.api.errors import error_body, record_rejection
+from app.api.guard import add_response_headers
 from app.core.errors import GenerationFailed, ServiceError
 from app.services.generation import Completion, GenerationRun
 
@@ -29,25 +30,35 @@ async def respond(
 ) -> BaseModel | EventSourceResponse:
     """The one way a native endpoint answers a run: SSE events, or the whole body once done."""
     if stream:
-        return sse_response(run, build, ping_s)
-    return build(await collect_unless_disconnected(run, request))
+        return sse_response(run, build, request, ping_s)
+    completion = await collect_unless_disconnected(run, request)
+    mark_cache_result(request, completion.cached)
+    return build(completion)
 
 
-def sse_response(run: GenerationRun, build_done: ResponseBuilder, ping_s: float) -> EventSourceResponse:
+def mark_cache_result(request: Request, cached: bool) -> None:
+    add_response_headers(request, {"X-Cache": "HIT" if cached else "MISS"})
+
+
+def sse_response(
+    run: GenerationRun, build_done: ResponseBuilder, request: Request, ping_s: float
+) -> EventSourceResponse:
+    mark_cache_result(request, run.cached)
     return EventSourceResponse(
-        _events(run, build_done),
+        _events(run, build_done, request),
         ping=ping_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(run: GenerationRun, build_done: ResponseBuilder) -> AsyncIterator[ServerSentEvent]:
+async def _events(run: GenerationRun, build_done: ResponseBuilder, request: Request) -> AsyncIterator[ServerSentEvent]:
     try:
         async for text in run:
             yield ServerSentEvent(event="token", data=json.dumps({"text": text}, ensure_ascii=False))
         assert run.completion is not None
         yield ServerSentEvent(event="done", data=build_done(run.completion).model_dump_json())
     except ServiceError as exc:
+        record_rejection(request, exc)
         yield _error_event(exc)
     except (asyncio.CancelledError, GeneratorExit):
         logger.info("client disconnected; generation aborted")

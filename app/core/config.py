@@ -6,10 +6,10 @@ The one place configuration is read. Every other module receives the section it 
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -179,13 +179,13 @@ class PIISettings(Section):
     @classmethod
     def _valid_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
         for name, pattern in patterns.items():
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", name):
+            if not regex.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", name):
                 raise ValueError(f"pattern name {name!r} must be a letter then letters, digits or _")
             if name.lower() in PII_ENTITIES:
                 raise ValueError(f"pattern name {name!r} is a built-in entity")
             try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
+                compiled = regex.compile(pattern)
+            except regex.error as exc:
                 raise ValueError(f"pattern {name!r} is not a valid regex: {exc}") from None
             if compiled.match(""):
                 raise ValueError(f"pattern {name!r} matches the empty string")

@@ -6,16 +6,23 @@ import asyncio
 from collections.abc import Sequence
 
 from app.llm.chat_format import PromptBuilder
-from app.llm.types import ChatMessage, Engine, SamplingParams
-from app.services.generation import Completion, GenerationRun, start_generation
+from app.llm.types import ChatMessage, SamplingParams
+from app.services.generation import Completion, GenerationRun, GenerationService
 from app.services.sessions import SessionStore
 
 
 class ChatService:
-    def __init__(self, sessions: SessionStore, prompts: PromptBuilder, engine: Engine) -> None:
+    def __init__(self, sessions: SessionStore, prompts: PromptBuilder, generation: GenerationService) -> None:
         self._sessions = sessions
         self._prompts = prompts
-        self._engine = engine
+        self._generation = generation
+
+    def check_messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """The messages as the model may see them (PII redacted, or PIIBlocked)."""
+        return [
+            ChatMessage(m.role, self._generation.check_input(m.content, f"messages.{i}.content"))
+            for i, m in enumerate(messages)
+        ]
 
     async def start_turn(
         self,
@@ -25,11 +32,12 @@ class ChatService:
         session_id: str | None = None,
         owner: str | None = None,
     ) -> GenerationRun:
-        """Admit one turn. With a session, its lock is held until the run ends or is closed,
-        and history changes only if the answer completes."""
+        """Admit one turn of already checked messages. With a session, its lock is held until
+        the run ends or is closed, and history changes only if the answer completes."""
+        log_prompt = "\n".join(m.content for m in messages)
         if session_id is None:
             prompt = await asyncio.to_thread(self._prompts.build_chat, (), messages, params.max_tokens)
-            return start_generation(self._engine, request_id, prompt.prompt_ids, params, self._prompts.context_length)
+            return self._generation.start(request_id, prompt.prompt_ids, params, log_prompt=log_prompt)
         session = self._sessions.get_or_create(session_id, owner)
         await session.lock.acquire()
 
@@ -45,14 +53,8 @@ class ChatService:
                 answer = ChatMessage("assistant", completion.text)
                 self._sessions.replace_history(session, [*kept, *messages, answer])
 
-            return start_generation(
-                self._engine,
-                request_id,
-                prompt.prompt_ids,
-                params,
-                self._prompts.context_length,
-                on_success=commit,
-                on_close=end_turn,
+            return self._generation.start(
+                request_id, prompt.prompt_ids, params, log_prompt=log_prompt, on_success=commit, on_close=end_turn
             )
         except BaseException:
             end_turn()

@@ -1,13 +1,28 @@
-"""Generation runs: admit a prompt to the engine, stream its text, finish with a Completion."""
+"""The one path from a prompt to a completion, shared by every endpoint.
+
+`GenerationService.start` applies, in order: the response cache (a hit replays the stored
+answer; an identical request already running is joined, not repeated), admission to the
+engine, PII redaction of the output stream, and the LLM metrics. Input redaction happens
+before, in `check_input`, so the model, the cache key and the logs only see redacted text.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
+from app.core.cache import Flight, ResponseCache
+from app.core.errors import ServiceError
+from app.core.metrics import LLMMetrics
+from app.core.pii import PIIGuard
 from app.llm.types import Engine, FinishReason, GenerationChunk, GenerationRequest, SamplingParams
+
+logger = logging.getLogger("app.generation")
 
 
 @dataclass(frozen=True)
@@ -23,27 +38,59 @@ class Completion:
         return self.prompt_tokens + self.completion_tokens
 
 
-logger = logging.getLogger("app.generation")
-
 OnSuccess = Callable[[Completion], Awaitable[None]]
+Chunks = AsyncIterator[GenerationChunk]
+
+
+@dataclass(frozen=True)
+class GenerationPolicy:
+    """What the app applies to every generation; built once per app from its settings."""
+
+    pii: PIIGuard
+    metrics: LLMMetrics
+    cache: ResponseCache[Completion] | None = None
+    cache_deterministic_only: bool = True
+    log_prompts: bool = False
+
+    def cacheable(self, params: SamplingParams) -> bool:
+        return self.cache is not None and (
+            not self.cache_deterministic_only or params.greedy or params.seed is not None
+        )
+
+
+def cache_key(model: str, prompt_ids: Sequence[int], params: SamplingParams) -> str:
+    """Stable across processes: the model, the final prompt's tokens and every sampling field."""
+    material = {"model": model, "prompt_ids": list(prompt_ids), "params": asdict(params)}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 class GenerationRun:
     """One admitted generation. Iterate it for text deltas; afterwards `completion` is set.
 
-    `on_success` runs before the iteration ends, so a chat turn is committed before the
-    client hears "done"; closing the run early aborts the generation and commits nothing.
+    `on_success` callbacks run before the iteration ends, so a chat turn is committed before
+    the client hears "done"; closing the run early aborts the generation and commits nothing.
     """
 
     def __init__(
         self,
-        chunks: AsyncIterator[GenerationChunk],
-        on_success: OnSuccess | None = None,
-        on_close: Callable[[], None] | None = None,
+        chunks: Chunks,
+        *,
+        cached: bool = False,
+        on_success: Sequence[OnSuccess] = (),
+        on_close: Sequence[Callable[[], None]] = (),
+        metrics: LLMMetrics | None = None,
+        log_fields: dict[str, Any] | None = None,
+        log_output: Callable[[str], str] | None = None,
     ) -> None:
         self._chunks = chunks
-        self._on_success = on_success
-        self._on_close = on_close
+        self.cached = cached
+        """Answered without the model's own work (a cache hit or a shared generation)."""
+        self._on_success = list(on_success)
+        self._on_close = list(on_close)
+        self._metrics = metrics
+        self._log_fields = log_fields or {}
+        self._log_output = log_output
+        self._failed = False
         self.completion: Completion | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
@@ -60,19 +107,15 @@ class GenerationRun:
                         finish_reason=chunk.finish_reason,
                         prompt_tokens=chunk.prompt_tokens,
                         completion_tokens=chunk.completion_tokens,
+                        cached=self.cached,
                     )
-                    if self._on_success is not None:
-                        await self._on_success(completion)
+                    for callback in self._on_success:
+                        await callback(completion)
                     self.completion = completion
-                    logger.info(
-                        "generation finished",
-                        extra={
-                            "prompt_tokens": completion.prompt_tokens,
-                            "completion_tokens": completion.completion_tokens,
-                            "finish_reason": completion.finish_reason,
-                            "duration_s": round(time.perf_counter() - started, 4),
-                        },
-                    )
+                    self._log(completion, time.perf_counter() - started)
+        except ServiceError:
+            self._failed = True
+            raise
         finally:
             await self.aclose()
 
@@ -86,23 +129,165 @@ class GenerationRun:
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
-        if self._on_close is not None:
-            on_close, self._on_close = self._on_close, None
-            on_close()
+        callbacks, self._on_close = self._on_close, []
+        if callbacks and self.completion is None and not self._failed and self._metrics is not None:
+            self._metrics.reject("cancelled")
+        for callback in callbacks:
+            callback()
+
+    def _log(self, completion: Completion, duration_s: float) -> None:
+        fields = {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason,
+            "cached": completion.cached,
+            "duration_s": round(duration_s, 4),
+            **self._log_fields,
+        }
+        if self._log_output is not None:
+            fields["output"] = self._log_output(completion.text)
+        logger.info("generation finished", extra=fields)
 
 
-def start_generation(
-    engine: Engine,
-    request_id: str,
-    prompt_ids: tuple[int, ...],
-    params: SamplingParams,
-    context_length: int,
-    on_success: OnSuccess | None = None,
-    on_close: Callable[[], None] | None = None,
-) -> GenerationRun:
-    """Clamp max_tokens to the room left in the context window and admit the request."""
-    room = max(1, context_length - len(prompt_ids))
-    if params.max_tokens > room:
-        params = SamplingParams(**{**params.__dict__, "max_tokens": room})
-    chunks = engine.submit(GenerationRequest(request_id=request_id, prompt_ids=prompt_ids, params=params))
-    return GenerationRun(chunks, on_success=on_success, on_close=on_close)
+class GenerationService:
+    def __init__(self, engine: Engine, model_name: str, context_length: int, policy: GenerationPolicy) -> None:
+        self._engine = engine
+        self._model_name = model_name
+        self._context_length = context_length
+        self._policy = policy
+
+    def check_input(self, text: str, param: str) -> str:
+        """The text the model may see (PII redacted), or PIIBlocked in block mode."""
+        return self._policy.pii.check_input(text, param)
+
+    def start(
+        self,
+        request_id: str,
+        prompt_ids: tuple[int, ...],
+        params: SamplingParams,
+        *,
+        log_prompt: str | None = None,
+        on_success: OnSuccess | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> GenerationRun:
+        """Admit a generation (engine errors such as overloaded are raised here, at once)."""
+        room = max(1, self._context_length - len(prompt_ids))
+        if params.max_tokens > room:
+            params = replace(params, max_tokens=room)
+        request = GenerationRequest(request_id=request_id, prompt_ids=prompt_ids, params=params)
+        policy = self._policy
+        successes = [on_success] if on_success else []
+        closes = [on_close] if on_close else []
+        cache = policy.cache
+        if cache is None or not policy.cacheable(params):
+            return self._run(self._generate(request), successes, closes, log_prompt)
+
+        key = cache_key(self._model_name, prompt_ids, params)
+        stored = cache.get(key)
+        flight = None if stored is not None else cache.flight(key)
+        cache.count(hit=stored is not None or flight is not None)
+        if stored is not None:
+            return self._run(_replay(stored), successes, closes, log_prompt, cached=True)
+        if flight is not None:
+            return self._run(self._follow(flight, request), successes, closes, log_prompt, cached=True)
+
+        chunks = self._generate(request)
+        cache.take_off(key)
+
+        async def land(completion: Completion) -> None:
+            cache.land(key, replace(completion, cached=True))
+
+        return self._run(chunks, [land, *successes], [lambda: cache.land(key, None), *closes], log_prompt)
+
+    def _run(
+        self,
+        chunks: Chunks,
+        on_success: list[OnSuccess],
+        on_close: list[Callable[[], None]],
+        log_prompt: str | None,
+        cached: bool = False,
+    ) -> GenerationRun:
+        pii = self._policy.pii
+        logged = self._policy.log_prompts
+        return GenerationRun(
+            chunks,
+            cached=cached,
+            on_success=on_success,
+            on_close=on_close,
+            metrics=self._policy.metrics,
+            log_fields={"prompt": pii.for_log(log_prompt)} if logged and log_prompt is not None else None,
+            log_output=pii.for_log if logged else None,
+        )
+
+    def _generate(self, request: GenerationRequest) -> Chunks:
+        """Submit now, so that admission errors surface before any response starts."""
+        return _ModelStream(self._engine.submit(request), self._policy)
+
+    async def _follow(self, flight: Flight[Completion], request: GenerationRequest) -> Chunks:
+        """Wait for the identical request already running; if it does not land (its client left
+        or it failed), generate alone."""
+        completion = await flight.wait()
+        if completion is not None:
+            yield _final_chunk(completion)
+            return
+        own = _ModelStream(self._engine.submit(request), self._policy)
+        try:
+            async for chunk in own:
+                yield chunk
+        finally:
+            await own.aclose()
+
+
+class _ModelStream(AsyncIterator[GenerationChunk]):
+    """The model's own output: PII-redacted as it streams, and measured. Closing it (even
+    before the first chunk) aborts the engine request."""
+
+    def __init__(self, chunks: Chunks, policy: GenerationPolicy) -> None:
+        self._chunks = chunks
+        self._pii = policy.pii
+        self._metrics = policy.metrics
+        self._redactor = policy.pii.output_filter()
+        self._started = time.perf_counter()
+        self._first_at: float | None = None
+        self._closed = False
+
+    def __aiter__(self) -> _ModelStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        chunk = await anext(self._chunks)
+        now = time.perf_counter()
+        if self._first_at is None:
+            self._first_at = now
+            self._metrics.observe_first_token(now - self._started)
+        text = chunk.text
+        if self._redactor is not None:
+            text = self._redactor.push(text)
+            if chunk.finish_reason is not None:
+                text += self._redactor.flush()
+        if chunk.finish_reason is not None:
+            self._metrics.observe_finished(chunk.prompt_tokens, chunk.completion_tokens, now - self._first_at)
+        return replace(chunk, text=text)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._redactor is not None:
+            self._pii.report_output(self._redactor)
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _final_chunk(completion: Completion) -> GenerationChunk:
+    return GenerationChunk(
+        text=completion.text,
+        completion_tokens=completion.completion_tokens,
+        prompt_tokens=completion.prompt_tokens,
+        finish_reason=completion.finish_reason,
+    )
+
+
+async def _replay(completion: Completion) -> Chunks:
+    yield _final_chunk(completion)

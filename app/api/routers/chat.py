@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 
 from app.api.dependencies import ChatServiceDep, ReadyModelDep, RequestIdDep, SessionsDep, SettingsDep
+from app.api.guard import CallerNameDep
 from app.api.schemas import (
     SESSION_ID_PATTERN,
     ChatMessageOut,
@@ -31,13 +32,16 @@ async def chat(
     ready: ReadyModelDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
+    caller: CallerNameDep,
 ) -> Any:
     body.check_prompt_size(settings.security.max_prompt_chars)
+    messages = chat_service.check_messages([m.to_message() for m in body.messages])
     run = await chat_service.start_turn(
         request_id,
-        [m.to_message() for m in body.messages],
+        messages,
         body.to_sampling_params(settings.model),
         session_id=body.session_id,
+        owner=caller,
     )
 
     def build(completion: Completion) -> ChatResponse:
@@ -56,8 +60,8 @@ async def chat(
 
 
 @router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse)
-async def read_session(session_id: SessionIdPath, sessions: SessionsDep) -> SessionResponse:
-    session = sessions.get(session_id, owner=None)
+async def read_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> SessionResponse:
+    session = sessions.get(session_id, owner=caller)
     return SessionResponse(
         session_id=session.session_id,
         messages=[ChatMessageOut(role=m.role, content=m.content) for m in session.messages],
@@ -66,6 +70,6 @@ async def read_session(session_id: SessionIdPath, sessions: SessionsDep) -> Sess
 
 
 @router.delete("/v1/chat/sessions/{session_id}", status_code=204)
-async def delete_session(session_id: SessionIdPath, sessions: SessionsDep) -> Response:
-    sessions.delete(session_id, owner=None)
+async def delete_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> Response:
+    sessions.delete(session_id, owner=caller)
     return Response(status_code=204)

@@ -7,28 +7,32 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.dependencies import ReadyModelDep, RequestIdDep, SettingsDep
+from app.api.dependencies import GenerationServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
 from app.api.schemas import GenerateRequest, GenerateResponse, Usage
 from app.api.streaming import respond
-from app.services.generation import Completion, start_generation
+from app.services.generation import Completion
 
 router = APIRouter(tags=["generate"])
 
 
 @router.post("/v1/generate", response_model=GenerateResponse)
 async def generate(
-    body: GenerateRequest, request: Request, ready: ReadyModelDep, settings: SettingsDep, request_id: RequestIdDep
+    body: GenerateRequest,
+    request: Request,
+    ready: ReadyModelDep,
+    generation: GenerationServiceDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
 ) -> Any:
     body.check_prompt_size(settings.security.max_prompt_chars)
-    prompt_ids = await asyncio.to_thread(ready.prompts.encode_prompt, body.prompt)  # long prompts: off the loop
-    run = start_generation(
-        ready.engine, request_id, prompt_ids, body.to_sampling_params(settings.model), ready.info.context_length
-    )
+    prompt = generation.check_input(body.prompt, "prompt")
+    prompt_ids = await asyncio.to_thread(ready.prompts.encode_prompt, prompt)  # long prompts: off the loop
+    run = generation.start(request_id, prompt_ids, body.to_sampling_params(settings.model), log_prompt=prompt)
 
     def build(completion: Completion) -> GenerateResponse:
         return GenerateResponse(
             generated_text=completion.text,
-            prompt=body.prompt,
+            prompt=prompt,
             model=ready.info.served_name,
             tokens_generated=completion.completion_tokens,
             finish_reason=completion.finish_reason,

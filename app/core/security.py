@@ -1,0 +1,69 @@
+"""API keys: who is calling. Keys are kept only as SHA-256 digests and compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from app.core.config import NamedKey
+from app.core.errors import ServiceError
+
+MAX_KEY_CHARS = 512
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+    reject_reason = "auth"
+
+    def response_headers(self) -> dict[str, str]:
+        return {**super().response_headers(), "WWW-Authenticate": 'Bearer realm="llm-fastapi-service"'}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. Only the name ever reaches logs, metrics and session owners."""
+
+    name: str
+
+
+class ApiKeys:
+    def __init__(self, configured: Sequence[SecretStr | NamedKey]) -> None:
+        self._entries: list[tuple[str, bytes]] = []
+        for index, entry in enumerate(configured, start=1):
+            if isinstance(entry, NamedKey):
+                digest = (
+                    bytes.fromhex(entry.key_sha256)
+                    if entry.key_sha256 is not None
+                    else _digest(entry.key.get_secret_value() if entry.key else "")
+                )
+                self._entries.append((entry.name, digest))
+            else:
+                self._entries.append((f"key-{index}", _digest(entry.get_secret_value())))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def authenticate(self, presented: str | None) -> Principal | None:
+        """The principal whose key this is, or None. Every entry is compared, match or not."""
+        if not presented or len(presented) > MAX_KEY_CHARS:
+            return None
+        digest = _digest(presented)
+        found: str | None = None
+        for name, expected in self._entries:
+            if hmac.compare_digest(digest, expected) and found is None:
+                found = name
+        return Principal(found) if found is not None else None
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
