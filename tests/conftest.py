@@ -6,6 +6,7 @@ starts; the session fixture prepares it too when pytest is run on its own.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.config import Settings, load_settings
 from app.llm.prepare import prepare
@@ -94,6 +96,43 @@ def server(model_dir: Path) -> Iterator[LiveServer]:
     live = LiveServer(make_settings(model_dir, rate_limit={"enabled": False})).start().wait_healthy()
     yield live
     live.stop()
+
+
+GUARDED_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "carol": "carol-secret-key", "flood": "flood-key"}
+"""Keys of the guarded server: named, plain, by SHA-256 only; `flood` is for the flood test alone."""
+OUTPUT_PATTERN = r"\b[Tt]he\b"
+"""The guarded server redacts this word from outputs as [ARTICLE] (so prompts sent to it avoid it)."""
+
+
+@pytest.fixture(scope="session")
+def guarded_server(model_dir: Path) -> Iterator[LiveServer]:
+    """API keys, a small rate limit (X-Forwarded-For trusted, so each test can be its own client),
+    PII in block mode with an output-only custom pattern."""
+    settings = make_settings(
+        model_dir,
+        security={
+            "api_keys": [
+                {"name": "alice", "key": GUARDED_KEYS["alice"]},
+                GUARDED_KEYS["bob"],
+                {"name": "carol", "key_sha256": hashlib.sha256(GUARDED_KEYS["carol"].encode()).hexdigest()},
+                {"name": "flood", "key": GUARDED_KEYS["flood"]},
+            ]
+        },
+        rate_limit={"requests_per_minute": 60, "burst_size": 10, "trust_forwarded_for": True},
+        pii={"mode": "block", "custom_patterns": {"article": OUTPUT_PATTERN}},
+    )
+    live = LiveServer(settings).start().wait_healthy()
+    yield live
+    live.stop()
+
+
+def metric_value(client: httpx.Client, name: str, **labels: str) -> float:
+    """One sample's value from /metrics (0 when absent)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 @pytest.fixture

@@ -134,8 +134,6 @@ class RateLimitSettings(Section):
     """Sustained rate: the bucket refills at this many requests per minute."""
     burst_size: int = Field(30, ge=1)
     """Bucket capacity: requests allowed at once after a quiet spell."""
-    tokens_per_minute: int | None = Field(None, ge=1)
-    """Optional budget of generated tokens per key (or IP) per minute."""
     trust_forwarded_for: bool = False
     """Take the client IP from X-Forwarded-For (only behind a proxy you control)."""
 
