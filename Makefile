@@ -51,7 +51,7 @@ build-docker:
 	docker build -t $(IMAGE) .
 
 run-docker:
-	docker run --rm -p 8000:8000 -v $(CURDIR)/models:/srv/models $(IMAGE)
+	docker run --rm -p 8000:8000 -e SECURITY__API_KEYS -e SECURITY__ALLOW_UNAUTHENTICATED -v $(CURDIR)/models:/srv/models $(IMAGE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
