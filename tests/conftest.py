@@ -107,7 +107,7 @@ OUTPUT_PATTERN = r"\b[Tt]he\b"
 @pytest.fixture(scope="session")
 def guarded_server(model_dir: Path) -> Iterator[LiveServer]:
     """API keys, a small rate limit (X-Forwarded-For trusted, so each test can be its own client),
-    PII in block mode with an output-only custom pattern."""
+    PII in block mode with an output-only custom pattern, prompts logged (redacted)."""
     settings = make_settings(
         model_dir,
         security={
@@ -120,6 +120,7 @@ def guarded_server(model_dir: Path) -> Iterator[LiveServer]:
         },
         rate_limit={"requests_per_minute": 60, "burst_size": 10, "trust_forwarded_for": True},
         pii={"mode": "block", "custom_patterns": {"article": OUTPUT_PATTERN}},
+        logging={"log_prompts": True},
     )
     live = LiveServer(settings).start().wait_healthy()
     yield live

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import GUARDED_KEYS, LiveServer, assert_error
+from tests.conftest import GUARDED_KEYS, LiveServer, assert_error, make_settings
 
 ALICE = {"X-API-Key": GUARDED_KEYS["alice"]}
 BOB = {"Authorization": f"Bearer {GUARDED_KEYS['bob']}"}
@@ -126,3 +127,16 @@ def test_keys_never_reach_a_log_line(guarded: httpx.Client, caplog: pytest.LogCa
     assert "alice" in logged  # the key's name is logged ...
     for secret in [*GUARDED_KEYS.values(), "a-wrong-secret"]:
         assert secret not in logged  # ... never the key
+
+
+def test_metrics_can_be_put_behind_the_key(tmp_path: Path) -> None:
+    """No model is needed for this: the server answers /metrics while the model is missing."""
+    settings = make_settings(tmp_path / "no-model", security={"api_keys": ["metrics-key-1"], "protect_metrics": True})
+    live = LiveServer(settings, on_fatal=lambda _: None).start()
+    try:
+        with live.client() as http:
+            assert_error(http.get("/metrics"), 401)
+            assert http.get("/metrics", headers={"Authorization": "Bearer metrics-key-1"}).status_code == 200
+            assert http.get("/health/live").status_code == 200
+    finally:
+        live.stop()

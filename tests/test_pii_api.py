@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 
 import httpx
+import pytest
 
 from tests.conftest import GUARDED_KEYS, OUTPUT_PATTERN, LiveServer, assert_error, iter_sse, metric_value
 
@@ -59,3 +61,15 @@ def test_block_mode_refuses_pii_with_400(guarded_server: LiveServer) -> None:
             param="messages.1.content",
         )
         assert metric_value(http, "llm_requests_rejected_total", reason="pii") == before + 2
+
+
+def test_logged_prompts_and_outputs_are_redacted(guarded_server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="app.generation")
+    prompt = "Tell me a story about a fox and a crow, starting with: Once upon a time,"
+    with guarded_server.client() as http:
+        body = {"prompt": prompt, "max_tokens": 32, "temperature": 0, "seed": 11}
+        assert http.post("/v1/generate", json=body, headers=ALICE).status_code == 200
+    finished = [r for r in caplog.records if r.getMessage() == "generation finished"]
+    logged = vars(finished[-1])
+    assert logged["prompt"] == prompt
+    assert "[ARTICLE]" in logged["output"] and not re.search(OUTPUT_PATTERN, logged["output"])
