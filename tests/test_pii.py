@@ -122,6 +122,8 @@ def test_block_mode_refuses_input_naming_entities_not_values() -> None:
 def test_switches() -> None:
     assert guard(entities={"email": False}).check_input("a@b.io 555-123-4567", "p") == "a@b.io [PHONE]"
     assert guard(redact_input=False).check_input("a@b.io", "p") == "a@b.io"
+    with pytest.raises(PIIBlocked):
+        guard(redact_input=False, mode="block").check_input("a@b.io", "p")
     assert guard(enabled=False).output_filter() is None
     assert guard(enabled=False).for_log("a@b.io") == "[EMAIL]"  # logged prompts are always redacted
 

@@ -223,10 +223,11 @@ class PIIGuard:
 
     def check_input(self, text: str, param: str) -> str:
         """The text the model may see: redacted, or refused in block mode (PIIBlocked)."""
-        if not (self.settings.enabled and self.settings.redact_input):
+        blocking = self.settings.mode == "block"
+        if not (self.settings.enabled and (self.settings.redact_input or blocking)):
             return text
         redacted, counts = self._scanner.redact(text)
-        if counts and self.settings.mode == "block":
+        if counts and blocking:
             found = ", ".join(sorted(counts))
             raise PIIBlocked(f"{param} contains personal data ({found}); remove it and retry", param=param)
         self._report(counts)
