@@ -110,8 +110,14 @@ def test_content_parts_equal_plain_content(client: httpx.Client) -> None:
 
 
 def test_unknown_fields_are_ignored(client: httpx.Client) -> None:
-    body = {"messages": [{"role": "user", "content": "Hi", "name": "bob"}], "max_completion_tokens": 3,
-            "presence_penalty": 0, "logit_bias": {}, "response_format": {"type": "text"}, "something_new": 1}  # fmt: skip
+    body = {
+        "messages": [{"role": "user", "content": "Hi", "name": "bob"}],
+        "max_completion_tokens": 3,
+        "presence_penalty": 0,
+        "logit_bias": {},
+        "response_format": {"type": "text"},
+        "something_new": 1,
+    }
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
 
