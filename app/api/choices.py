@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -38,7 +38,7 @@ async def collect_all(runs: Sequence[GenerationRun], request: Request) -> list[C
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def merge_runs(runs: Sequence[GenerationRun]) -> AsyncIterator[RunEvent]:
+async def merge_runs(runs: Sequence[GenerationRun]) -> AsyncGenerator[RunEvent, None]:
     """The runs' text deltas as they come, each run ending with its Finished event.
 
     Each run is pumped by its own task into this request's own mailbox; the first failure

@@ -6,10 +6,9 @@ that goes away aborts every run of the request (STYLE practices 9 and 10).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -17,10 +16,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.choices import Delta, merge_runs
 from app.api.errors import error_body
-from app.core.errors import GenerationFailed, ServiceError
+from app.api.sse import guarded, sse_response
+from app.core.errors import ServiceError
 from app.services.generation import Completion, GenerationRun
-
-logger = logging.getLogger("app.api.openai_streaming")
 
 
 class ChunkMaker(Protocol):
@@ -36,41 +34,30 @@ class ChunkMaker(Protocol):
 def openai_sse(
     runs: Sequence[GenerationRun], chunks: ChunkMaker, include_usage: bool, ping_s: float
 ) -> EventSourceResponse:
-    return EventSourceResponse(
-        _events(runs, chunks, include_usage),
-        ping=ping_s,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return sse_response(
+        guarded(_chunks(runs, chunks, include_usage), _error_event, closing=ServerSentEvent(data="[DONE]")), ping_s
     )
 
 
-async def _events(
+async def _chunks(
     runs: Sequence[GenerationRun], chunks: ChunkMaker, include_usage: bool
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     # OpenAI sends `usage: null` on every chunk only when the usage chunk was asked for.
     exclude = None if include_usage else {"usage"}
-    try:
-        for chunk in chunks.opening():
-            yield ServerSentEvent(data=chunk.model_dump_json(exclude=exclude))
-        completions: dict[int, Completion] = {}
-        async for event in merge_runs(runs):
+    for chunk in chunks.opening():
+        yield ServerSentEvent(data=chunk.model_dump_json(exclude=exclude))
+    completions: dict[int, Completion] = {}
+    async with aclosing(merge_runs(runs)) as events:
+        async for event in events:
             if isinstance(event, Delta):
                 chunk = chunks.delta(event.index, event.text)
             else:
                 completions[event.index] = event.completion
                 chunk = chunks.finished(event.index, event.completion)
             yield ServerSentEvent(data=chunk.model_dump_json(exclude=exclude))
-        if include_usage:
-            in_order = [completions[index] for index in sorted(completions)]
-            yield ServerSentEvent(data=chunks.usage(in_order).model_dump_json())
-    except ServiceError as exc:
-        yield _error_event(exc)
-    except (asyncio.CancelledError, GeneratorExit):
-        logger.info("client disconnected; generation aborted")
-        raise
-    except Exception:
-        logger.exception("stream failed")
-        yield _error_event(GenerationFailed("generation failed"))
-    yield ServerSentEvent(data="[DONE]")
+    if include_usage:
+        in_order = [completions[index] for index in sorted(completions)]
+        yield ServerSentEvent(data=chunks.usage(in_order).model_dump_json())
 
 
 def _error_event(exc: ServiceError) -> ServerSentEvent:

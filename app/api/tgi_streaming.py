@@ -7,28 +7,23 @@ exception classes; a client that goes away aborts the generation.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api.sse import guarded, sse_response
 from app.api.tgi_schemas import TGIRequest, TGIStreamDetails, TGIStreamEvent, TGIToken
-from app.core.errors import GenerationFailed, ServiceError
+from app.core.errors import ServiceError
 from app.core.request_context import current_request_id
 from app.services.generation import GenerationRun
 
-logger = logging.getLogger("app.api.tgi_streaming")
-
 
 def tgi_sse(run: GenerationRun, body: TGIRequest, ping_s: float) -> EventSourceResponse:
-    return EventSourceResponse(
-        _events(run, body), ping=ping_s, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return sse_response(guarded(_events(run, body), _error_event), ping_s)
 
 
-async def _events(run: GenerationRun, body: TGIRequest) -> AsyncIterator[ServerSentEvent]:
+async def _events(run: GenerationRun, body: TGIRequest) -> AsyncGenerator[ServerSentEvent, None]:
     index = 0
     try:
         async for text in run:
@@ -52,14 +47,6 @@ async def _events(run: GenerationRun, body: TGIRequest) -> AsyncIterator[ServerS
                 details=details if params.details else None,
             )
         )
-    except ServiceError as exc:
-        yield _error_event(exc)
-    except (asyncio.CancelledError, GeneratorExit):
-        logger.info("client disconnected; generation aborted")
-        raise
-    except Exception:
-        logger.exception("stream failed")
-        yield _error_event(GenerationFailed("generation failed"))
     finally:
         await run.aclose()
 
