@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from app.api.routers import chat, generate, health, models, openai, tgi
+from app.api.routers import chat, generate, health, models, openai, responses, tgi
 from app.core.config import Settings
 from app.llm.runtime import ModelLoader, ModelRuntime
 from app.services.sessions import SessionStore
@@ -51,7 +51,8 @@ def create_app(
         root_path=settings.app.root_path,
     )
     install_error_handlers(app)
-    for router in (generate.router, chat.router, health.router, openai.router, models.router, tgi.router):
+    routers = (generate, chat, health, openai, responses, models, tgi)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, access_log=settings.logging.access_log)

@@ -71,3 +71,11 @@ def test_inference_client_raises_generation_error_mid_stream(short_deadline: Liv
         for token in hf.text_generation(ESSAY, max_new_tokens=1000, stream=True):
             received.append(token)
     assert "".join(received)
+
+
+def test_responses_stream_ends_with_an_error_event(short_deadline: LiveServer) -> None:
+    sdk = openai.OpenAI(base_url=f"{short_deadline.url}/v1", api_key="any-key", max_retries=0)
+    events = list(sdk.responses.create(model="x", input=ESSAY, max_output_tokens=1000, temperature=0, stream=True))
+    assert any(event.type == "response.output_text.delta" for event in events)
+    last = events[-1]
+    assert last.type == "error" and last.code == "generation_timeout"

@@ -75,7 +75,9 @@ class OpenAISampling(OpenAIRequest):
 
 
 class TextPart(OpenAIRequest):
-    type: Literal["text"]
+    """A text part of a message: Chat Completions says `text`, the Responses API `input_text`/`output_text`."""
+
+    type: Literal["text", "input_text", "output_text"]
     text: Text
 
 
@@ -132,7 +134,7 @@ class ResponseHead:
 
     @classmethod
     def new(cls, prefix: str, model: str) -> ResponseHead:
-        return cls(id=f"{prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model)
+        return cls(id=f"{prefix}{uuid.uuid4().hex}", created=int(time.time()), model=model)
 
 
 def total_usage(completions: Sequence[Completion], choices_per_prompt: int) -> Usage:

@@ -40,7 +40,7 @@ async def chat_completions(
         for params in body.choice_params(settings.model)
     ]
     runs = await start_runs(starters, request_id)
-    head = ResponseHead.new("chatcmpl", ready.info.served_name)
+    head = ResponseHead.new("chatcmpl-", ready.info.served_name)
     if body.stream:
         return openai_sse(runs, ChatChunks(head, body.n), body.include_usage, settings.engine.sse_ping_s)
     return chat_completion(head, await collect_all(runs, request), body.n)
@@ -58,7 +58,7 @@ async def completions(
         for params in choice_params
     ]
     runs = await start_runs(starters, request_id)
-    head = ResponseHead.new("cmpl", ready.info.served_name)
+    head = ResponseHead.new("cmpl-", ready.info.served_name)
     if body.stream:
         chunks = CompletionChunks(head, body.prompts, body.n, body.echo)
         return openai_sse(runs, chunks, body.include_usage, settings.engine.sse_ping_s)
