@@ -13,7 +13,7 @@ from tests.conftest import LiveServer
 
 PROMPT = "The three primary colours are"
 QUESTION = "Name a fruit that is yellow."
-TOKENS = 12
+TOKENS = 8
 
 
 def test_a_raw_prompt_gives_the_same_text_everywhere(server: LiveServer, client: httpx.Client) -> None:
