@@ -51,9 +51,8 @@ def create_app(
         root_path=settings.app.root_path,
     )
     install_error_handlers(app)
-    routers = (generate, chat, health, openai, responses, models, tgi)
-    for router in (module.router for module in routers):
-        app.include_router(router)
+    for module in (generate, chat, health, openai, responses, models, tgi):
+        app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, access_log=settings.logging.access_log)
     return app
