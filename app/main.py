@@ -14,7 +14,7 @@ from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.guard import Gatekeeper, guard
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from app.api.routers import chat, generate, health, metrics, status
+from app.api.routers import chat, generate, health, metrics, models, openai, responses, status, tgi
 from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, Settings
 from app.core.metrics import LiveValues, LLMMetrics
@@ -77,8 +77,8 @@ def create_app(
     )
     install_error_handlers(app)
     protected = [Depends(guard)]
-    for router in (generate.router, chat.router, status.router):
-        app.include_router(router, dependencies=protected)
+    for module in (generate, chat, openai, responses, models, tgi, status):
+        app.include_router(module.router, dependencies=protected)
     app.include_router(health.router)
     app.include_router(metrics.router, dependencies=protected if settings.security.protect_metrics else [])
     Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)

@@ -82,3 +82,15 @@ def test_a_cache_hit_still_needs_a_key_and_a_token(guarded_server: LiveServer) -
         assert hit.json()["cached"] is True
         assert int(hit.headers["x-ratelimit-remaining"]) < 10  # the hit was charged too
         assert_error(http.post("/v1/generate", json=body), 401)
+
+
+def test_protocol_endpoints_share_the_cache(client: httpx.Client) -> None:
+    """The same final prompt and parameters: a native answer serves the OpenAI and TGI calls."""
+    prompt = unique_prompt()
+    native = client.post("/v1/generate", json={"prompt": prompt, "max_tokens": 6, "temperature": 0}).json()
+    openai_body = {"model": "x", "prompt": prompt, "max_tokens": 6, "temperature": 0}
+    completion = client.post("/v1/completions", json=openai_body)
+    assert completion.headers["x-cache"] == "HIT"
+    assert completion.json()["choices"][0]["text"] == native["generated_text"]
+    chat = {"model": "x", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0}
+    assert [client.post("/v1/chat/completions", json=chat).headers["x-cache"] for _ in range(2)] == ["MISS", "HIT"]

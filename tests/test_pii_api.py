@@ -73,3 +73,15 @@ def test_logged_prompts_and_outputs_are_redacted(guarded_server: LiveServer, cap
     logged = vars(finished[-1])
     assert logged["prompt"] == prompt
     assert "[ARTICLE]" in logged["output"] and not re.search(OUTPUT_PATTERN, logged["output"])
+
+
+def test_protocol_endpoints_share_the_redaction(client: httpx.Client) -> None:
+    prompt = "Forward this to jane.roe@example.org:"
+    completion = client.post(
+        "/v1/completions", json={"model": "x", "prompt": prompt, "max_tokens": 2, "echo": True}
+    ).json()
+    assert completion["choices"][0]["text"].startswith("Forward this to [EMAIL]:")
+    tgi = client.post(
+        "/generate", json={"inputs": prompt, "parameters": {"max_new_tokens": 2, "return_full_text": True}}
+    ).json()
+    assert tgi["generated_text"].startswith("Forward this to [EMAIL]:")

@@ -8,10 +8,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import (
     InvalidJSON,
+    InvalidRequest,
     NotFound,
     RequestValidationFailed,
     ServiceError,
@@ -27,6 +29,11 @@ _HTTP_STATUS_TYPES = {
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "payload_too_large"),
 }
+
+
+class OpenAIRoute(APIRoute):
+    """A route of the OpenAI-compatible API: a request its schema rejects is a 400
+    `invalid_request_error`, as OpenAI answers, where native routes say 422."""
 
 
 def error_body(exc: ServiceError) -> dict[str, Any]:
@@ -49,7 +56,7 @@ def record_rejection(request: Request, exc: ServiceError) -> None:
     """Count the error in llm_requests_rejected_total{reason}, if it rejects a request."""
     policy = getattr(request.app.state, "policy", None)
     if policy is not None:
-        policy.metrics.reject(exc.reject_reason)
+        policy.metrics.reject_error(exc)
 
 
 def validation_error(exc: RequestValidationError) -> ServiceError:
@@ -84,6 +91,8 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     error = validation_error(exc)
+    if isinstance(error, RequestValidationFailed) and isinstance(request.scope.get("route"), OpenAIRoute):
+        error = InvalidRequest(error.message, param=error.param)
     record_rejection(request, error)
     return error_response(error)
 

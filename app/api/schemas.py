@@ -31,6 +31,7 @@ def _not_blank(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+NonBlankText = Annotated[Text, AfterValidator(_not_blank)]
 StopText = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_valid_unicode)]
 
 
@@ -64,7 +65,7 @@ class SamplingFields(StrictRequest):
 
 
 class GenerateRequest(SamplingFields):
-    prompt: Annotated[Text, AfterValidator(_not_blank)]
+    prompt: NonBlankText
 
     def check_prompt_size(self, max_chars: int) -> None:
         if len(self.prompt) > max_chars:

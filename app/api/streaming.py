@@ -8,16 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.errors import error_body, record_rejection
+from app.api import sse
+from app.api.errors import error_body
 from app.api.guard import add_response_headers
-from app.core.errors import GenerationFailed, ServiceError
+from app.core.errors import ServiceError
 from app.services.generation import Completion, GenerationRun
 
 logger = logging.getLogger("app.api.streaming")
@@ -44,28 +45,15 @@ def sse_response(
     run: GenerationRun, build_done: ResponseBuilder, request: Request, ping_s: float
 ) -> EventSourceResponse:
     mark_cache_result(request, run.cached)
-    return EventSourceResponse(
-        _events(run, build_done, request),
-        ping=ping_s,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse.sse_response(sse.guarded(_events(run, build_done), _error_event), ping_s)
 
 
-async def _events(run: GenerationRun, build_done: ResponseBuilder, request: Request) -> AsyncIterator[ServerSentEvent]:
+async def _events(run: GenerationRun, build_done: ResponseBuilder) -> AsyncGenerator[ServerSentEvent, None]:
     try:
         async for text in run:
             yield ServerSentEvent(event="token", data=json.dumps({"text": text}, ensure_ascii=False))
         assert run.completion is not None
         yield ServerSentEvent(event="done", data=build_done(run.completion).model_dump_json())
-    except ServiceError as exc:
-        record_rejection(request, exc)
-        yield _error_event(exc)
-    except (asyncio.CancelledError, GeneratorExit):
-        logger.info("client disconnected; generation aborted")
-        raise
-    except Exception:
-        logger.exception("stream failed")
-        yield _error_event(GenerationFailed("generation failed"))
     finally:
         await run.aclose()
 

@@ -67,6 +67,10 @@ class SessionNotFound(NotFound):
     code = "session_not_found"
 
 
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
     error_type = "service_unavailable"

@@ -113,8 +113,10 @@ class GenerationRun:
                         await callback(completion)
                     self.completion = completion
                     self._log(completion, time.perf_counter() - started)
-        except ServiceError:
+        except ServiceError as error:
             self._failed = True
+            if self._metrics is not None:
+                self._metrics.reject_error(error)
             raise
         finally:
             await self.aclose()

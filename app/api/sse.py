@@ -1,0 +1,42 @@
+"""SSE plumbing of the protocol streams: headers and keep-alives, and one policy for failures mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.core.errors import GenerationFailed, ServiceError
+
+logger = logging.getLogger("app.api.sse")
+
+ErrorEvent = Callable[[ServiceError], ServerSentEvent]
+"""A protocol's own event for a failure after the stream began."""
+
+
+def sse_response(events: AsyncGenerator[ServerSentEvent, None], ping_s: float) -> EventSourceResponse:
+    return EventSourceResponse(events, ping=ping_s, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def guarded(
+    events: AsyncGenerator[ServerSentEvent, None], error_event: ErrorEvent, closing: ServerSentEvent | None = None
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """Pass the events on. A failure becomes one error event, then `closing` ends the stream as
+    it would have; a client that goes away closes `events` (aborting its generation) at once."""
+    async with aclosing(events):
+        try:
+            async for event in events:
+                yield event
+        except ServiceError as exc:
+            yield error_event(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            logger.info("client disconnected; generation aborted")
+            raise
+        except Exception:
+            logger.exception("stream failed")
+            yield error_event(GenerationFailed("generation failed"))
+    if closing is not None:
+        yield closing
