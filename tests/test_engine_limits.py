@@ -16,7 +16,8 @@ LONG = {"prompt": "Write a long essay about mountains.", "max_tokens": 1000, "te
 
 @pytest.fixture(scope="module")
 def tight_queue(model_dir: Path) -> Iterator[LiveServer]:
-    live = LiveServer(make_settings(model_dir, engine={"max_queue": 1})).start().wait_healthy()
+    settings = make_settings(model_dir, engine={"max_queue": 1, "max_batch_size": 1})
+    live = LiveServer(settings).start().wait_healthy()
     yield live
     live.stop()
 
