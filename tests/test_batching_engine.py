@@ -60,7 +60,7 @@ def run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def request(
-    loaded: LoadedModel, request_id: str, prompt: str, max_tokens: int = 24, **sampling: Any
+    loaded: LoadedModel, request_id: str, prompt: str, max_tokens: int = 12, **sampling: Any
 ) -> GenerationRequest:
     ids = tuple(loaded.tokenizer(prompt)["input_ids"])
     params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, **sampling})
@@ -123,12 +123,12 @@ def test_a_request_joins_a_running_batch_and_matches_its_solo_output(loaded: Loa
 
     async def scenario() -> tuple[str, str, str, str]:
         try:
-            solo_long = await collect(engine.submit(request(loaded, "solo-long", LONG, max_tokens=60)))
-            solo_short = await collect(engine.submit(request(loaded, "solo-short", PROMPTS[1], max_tokens=12)))
+            solo_long = await collect(engine.submit(request(loaded, "solo-long", LONG, max_tokens=30)))
+            solo_short = await collect(engine.submit(request(loaded, "solo-short", PROMPTS[1], max_tokens=6)))
             steps_alone = len(recorder.sizes)
-            long_run = engine.submit(request(loaded, "long", LONG, max_tokens=60))
+            long_run = engine.submit(request(loaded, "long", LONG, max_tokens=30))
             head = await first_text(long_run)
-            short = await collect(engine.submit(request(loaded, "short", PROMPTS[1], max_tokens=12)))
+            short = await collect(engine.submit(request(loaded, "short", PROMPTS[1], max_tokens=6)))
             rest = await collect(long_run)
             assert 2 in recorder.sizes[steps_alone:]
             return solo_long, head + rest, solo_short, short
@@ -166,7 +166,7 @@ def test_a_stop_in_one_request_ends_only_that_one(loaded: LoadedModel) -> None:
     async def scenario() -> tuple[str, list[GenerationChunk], list[GenerationChunk]]:
         try:
             full = await collect(engine.submit(request(loaded, "full", PROMPTS[0])))
-            stop = full.split()[3]
+            stop = full.split()[2]
             stopped = engine.submit(request(loaded, "stopped", PROMPTS[0], stop=(stop,)))
             other = engine.submit(request(loaded, "other", PROMPTS[0]))
             chunks = await asyncio.gather(_chunks(stopped), _chunks(other))
@@ -177,7 +177,7 @@ def test_a_stop_in_one_request_ends_only_that_one(loaded: LoadedModel) -> None:
     stop, stopped, other = run(scenario)
     assert stop not in "".join(c.text for c in stopped)
     assert stopped[-1].finish_reason == "stop"
-    assert other[-1].finish_reason == "length" and other[-1].completion_tokens == 24
+    assert other[-1].finish_reason == "length" and other[-1].completion_tokens == 12
 
 
 async def _chunks(chunks: AsyncIterator[GenerationChunk]) -> list[GenerationChunk]:
