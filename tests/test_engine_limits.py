@@ -33,7 +33,8 @@ def short_deadline(model_dir: Path) -> Iterator[LiveServer]:
 def test_full_queue_answers_503_at_once_and_recovers(tight_queue: LiveServer) -> None:
     with tight_queue.client() as client, ExitStack() as streams:
         running = streams.enter_context(client.stream("POST", "/v1/generate", json={**LONG, "stream": True}))
-        next(event for event, _ in iter_sse(running) if event == "token")  # first request is generating
+        events = iter_sse(running)  # held: a dropped SSE iterator closes the connection, an abort
+        next(event for event, _ in events if event == "token")  # first request is generating
         queued = streams.enter_context(client.stream("POST", "/v1/generate", json={**LONG, "stream": True}))
         assert queued.status_code == 200  # admitted: waits in the queue
 
