@@ -111,8 +111,8 @@ def measure(
 ) -> tuple[float, float]:
     context = torch.no_grad() if name == "hf-cb" else torch.inference_mode()  # hf-cb writes its own tensors
     with context:
-        run(model, ids, 1, 4)  # warm-up: first-call costs out of the figure
         n = 2 if name == "serial" else args.requests  # serial: tokens/s does not depend on N
+        run(model, ids, n, 4)  # warm-up with the same N: first-call costs (and hf-cb's sizing) out of the figure
         return timed(lambda: run(model, ids, n, args.tokens))
 
 
