@@ -117,27 +117,29 @@ def test_greedy_output_is_the_same_alone_and_in_a_batch(loaded: LoadedModel) -> 
     assert max(recorder.sizes) == len(PROMPTS)  # the four shared forward passes
 
 
-def test_a_request_joins_a_running_batch_and_matches_its_solo_output(loaded: LoadedModel) -> None:
+def test_requests_join_a_running_batch_and_match_their_solo_output(loaded: LoadedModel) -> None:
+    """Joiners shorter and longer than the running sequence: padding on both sides of the join."""
     recorder = Recorder()
     engine = engine_for(loaded, recorder)
+    joiners = [request(loaded, f"join{i}", prompt, max_tokens=16) for i, prompt in enumerate(PROMPTS)]
 
-    async def scenario() -> tuple[str, str, str, str]:
+    async def scenario() -> tuple[list[str], list[str]]:
         try:
-            solo_long = await collect(engine.submit(request(loaded, "solo-long", LONG, max_tokens=30)))
-            solo_short = await collect(engine.submit(request(loaded, "solo-short", PROMPTS[1], max_tokens=6)))
+            solo = [await collect(engine.submit(r)) for r in [request(loaded, "solo", LONG, max_tokens=40), *joiners]]
             steps_alone = len(recorder.sizes)
-            long_run = engine.submit(request(loaded, "long", LONG, max_tokens=30))
-            head = await first_text(long_run)
-            short = await collect(engine.submit(request(loaded, "short", PROMPTS[1], max_tokens=6)))
-            rest = await collect(long_run)
-            assert 2 in recorder.sizes[steps_alone:]
-            return solo_long, head + rest, solo_short, short
+            running = engine.submit(request(loaded, "running", LONG, max_tokens=40))
+            head = await first_text(running)
+            for _ in range(4):  # a few steps in: the running sequence is longer than some joiners
+                head += (await anext(running)).text
+            joined = await asyncio.gather(*(collect(engine.submit(r)) for r in joiners))
+            rest = await collect(running)
+            assert len(joiners) + 1 in recorder.sizes[steps_alone:]
+            return solo, [head + rest, *joined]
         finally:
             await engine.shutdown(0)
 
-    solo_long, joined_long, solo_short, joined_short = run(scenario)
-    assert joined_long == solo_long
-    assert joined_short == solo_short
+    solo, joined = run(scenario)
+    assert joined == solo
 
 
 def test_each_request_keeps_its_own_sampling_parameters(loaded: LoadedModel) -> None:
