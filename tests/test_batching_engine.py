@@ -328,3 +328,33 @@ def test_out_of_memory_with_one_request_fails_that_request_only(loaded: LoadedMo
             await engine.shutdown(0)
 
     assert run(scenario)
+
+
+class FailsOnce:
+    """The real model, but its next forward pass raises an unexpected error."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.armed = True
+
+    def __call__(self, **inputs: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("a bug in a forward pass")
+        return self._model(**inputs)
+
+
+def test_an_unexpected_error_fails_the_requests_in_the_step_and_the_engine_carries_on(loaded: LoadedModel) -> None:
+    engine = BatchingEngine(with_model(loaded, FailsOnce(loaded.model)), EngineSettings())
+    engine.start()
+
+    async def scenario() -> str:
+        try:
+            with pytest.raises(GenerationFailed):
+                await collect(engine.submit(request(loaded, "unlucky", PROMPTS[0])))
+            assert engine.stats().running == 0
+            return await collect(engine.submit(request(loaded, "next", PROMPTS[1])))
+        finally:
+            await engine.shutdown(0)
+
+    assert run(scenario)

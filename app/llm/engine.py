@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import torch
 
 from app.core.config import EngineSettings
-from app.core.errors import EngineOverloaded, GenerationFailed, QueueTimeout, ShuttingDown
+from app.core.errors import EngineOverloaded, GenerationFailed, QueueTimeout, ServiceError, ShuttingDown
 from app.llm.jobs import Job, JobStream
 from app.llm.loader import LoadedModel
 from app.llm.scheduler import Retired, Scheduler, SchedulerLimits
@@ -90,13 +90,7 @@ class BatchingEngine:
             self._lock.notify_all()
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join, _JOIN_TIMEOUT_S)
-        with self._lock:
-            leftovers = list(self._jobs.values())
-            self._jobs.clear()
-            self._queue.clear()
-        for job in leftovers:
-            job.cancelled = True
-            job.deliver(ShuttingDown("server is shutting down"))
+        self._fail_everyone(ShuttingDown("server is shutting down"))
 
     def _abort_job(self, job: Job) -> None:
         """The client left: the inference thread drops the request before its next step."""
@@ -107,15 +101,33 @@ class BatchingEngine:
             self._lock.wait_for(lambda: not self._queue and self._active == 0, timeout_s)
 
     def _run_forever(self) -> None:
-        with torch.inference_mode():
-            while self._admit():
-                try:
-                    retired = self._scheduler.iterate()
-                except Exception:
-                    logger.exception("decoding step failed; the requests in the batch failed")
-                    failed = GenerationFailed("generation failed")
-                    retired = [Retired(job, "failed", failed) for job in self._scheduler.abandon()]
-                self._retire(retired)
+        try:
+            with torch.inference_mode():
+                while self._admit():
+                    try:
+                        retired = self._scheduler.iterate()
+                    except Exception:
+                        logger.exception("decoding step failed; the requests in the batch failed")
+                        failed = GenerationFailed("generation failed")
+                        retired = [Retired(job, "failed", failed) for job in self._scheduler.abandon()]
+                    self._retire(retired)
+        except BaseException:
+            logger.critical("the inference thread died; the engine takes no more requests", exc_info=True)
+            self._accepting = False
+            self._fail_everyone(GenerationFailed("generation failed"))
+            raise
+
+    def _fail_everyone(self, error: ServiceError) -> None:
+        """Answer every request still known (queued or running): nobody is left waiting forever."""
+        with self._lock:
+            leftovers = list(self._jobs.values())
+            self._jobs.clear()
+            self._queue.clear()
+            self._active = 0
+            self._lock.notify_all()
+        for job in leftovers:
+            job.cancelled = True
+            job.deliver(error)
 
     def _admit(self) -> bool:
         """Move queued requests into free slots; wait while there is nothing to do. False: stop."""
