@@ -27,16 +27,17 @@ class SequenceState:
         self._detokenizer = IncrementalDetokenizer(loaded.tokenizer, request.prompt_ids)
         self._stops = StopSequenceFilter(request.params.stop)
         self._generator = make_generator(request.params.seed, loaded.device)
-        self._seen: torch.Tensor | None = None
-        if self.params.repetition_penalty != 1.0:
-            self._seen = torch.tensor(request.prompt_ids, dtype=torch.long, device=loaded.device)
+        self._penalised = self.params.repetition_penalty != 1.0
+        seen = request.prompt_ids if self._penalised else ()
+        self._seen = torch.tensor(seen, dtype=torch.long, device=loaded.device)
+        """Tokens the repetition penalty looks at; kept empty when there is no penalty."""
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
 
     @property
     def needs_own_sampling(self) -> bool:
         """False when the argmax of the raw logits is the answer (greedy, no penalty)."""
-        return not self.params.greedy or self._seen is not None
+        return not self.params.greedy or self._penalised
 
     @property
     def last_token(self) -> int:
@@ -44,14 +45,13 @@ class SequenceState:
 
     def choose(self, logits: torch.Tensor) -> int:
         """Pick the next token from this sequence's 1-D logits row."""
-        seen = self._seen if self._seen is not None else _NO_TOKENS
-        return choose_next_token(logits, self.params, seen, self._generator)
+        return choose_next_token(logits, self.params, self._seen, self._generator)
 
     def accept(self, token: int) -> GenerationChunk:
         """Record the chosen token; the chunk carries new text and, at the end, `finish_reason`."""
         self.completion_tokens += 1
         self.tokens.append(token)
-        if self._seen is not None:
+        if self._penalised:
             self._seen = torch.cat([self._seen, self._seen.new_tensor([token])])
         text = ""
         if token in self._loaded.eos_token_ids:
@@ -82,6 +82,3 @@ class SequenceState:
             return ""
         text = self._stops.push(self._detokenizer.flush())
         return text if self._stops.stopped else text + self._stops.flush()
-
-
-_NO_TOKENS = torch.empty(0, dtype=torch.long)
