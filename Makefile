@@ -43,9 +43,11 @@ format: $(STAMP)
 type-check: $(STAMP)
 	$(BIN)/mypy
 
+# BENCH_ARGS: options of bench/run.py, e.g. BENCH_ARGS="--dtype bfloat16" or "--levels 1,4,16,32".
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m app.llm.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 build-docker:
 	docker build -t $(IMAGE) .

@@ -1,8 +1,12 @@
 """`make bench`: start the server on the embedded model and drive it with real streaming clients.
 
-For each concurrency level, every client sends `--requests` streamed /v1/generate calls of
-`--tokens` output tokens, one after another. Printed per level: requests/s, aggregate output
-tokens/s, time to first token p50/p95, inter-token latency p50, end-to-end p50/p95, errors.
+Two servers run side by side: the configured one (batching) and the same one with
+`engine.max_batch_size=1`. Each concurrency level is measured on one, then at once on the
+other, so both see the same machine load and their ratio holds on a noisy machine. At each
+level every client sends `--requests` streamed /v1/generate calls of `--tokens` output
+tokens, one after another. Printed per level: requests/s, aggregate output tokens/s, time to
+first token p50/p95, inter-token latency p50, end-to-end p50/p95, errors; then the ratios,
+and bare `model.generate` at one client for reference.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time, in a small village by the sea,"
+SERVER_ENV = {
+    "LOGGING__ACCESS_LOG": "false",
+    "LOGGING__LEVEL": "WARNING",
+    "RATE_LIMIT__ENABLED": "false",  # the bench is one client hammering the server on purpose
+    "CACHE__ENABLED": "false",  # it repeats one prompt: every request must reach the engine
+    "ENGINE__QUEUE_TIMEOUT_S": "900",  # the max_batch_size=1 server queues 16 clients: measure, don't reject
+    "ENGINE__MAX_QUEUE": "256",
+}
 
 
 @dataclass
@@ -36,16 +48,16 @@ class RequestResult:
 
 @dataclass
 class LevelResult:
+    label: str
     concurrency: int
     wall_s: float
     results: list[RequestResult]
 
     def row(self) -> str:
         ok = [r for r in self.results if r.error is None]
-        tokens = sum(r.tokens for r in ok)
         gaps = [gap for r in ok for gap in r.gaps_s]
         return (
-            f"{self.concurrency:>5} {len(ok) / self.wall_s:>8.2f} {tokens / self.wall_s:>9.1f} "
+            f"{self.label:<8} {self.concurrency:>5} {len(ok) / self.wall_s:>8.2f} {self.tokens_per_s():>9.1f} "
             f"{_pct(ok, 'ttft_s', 50):>8.3f} {_pct(ok, 'ttft_s', 95):>8.3f} "
             f"{(statistics.median(gaps) if gaps else float('nan')) * 1000:>7.1f} "
             f"{_pct(ok, 'e2e_s', 50):>7.2f} {_pct(ok, 'e2e_s', 95):>7.2f} {len(self.results) - len(ok):>6}"
@@ -56,7 +68,7 @@ class LevelResult:
 
 
 HEADER = (
-    f"{'conc':>5} {'req/s':>8} {'tok/s':>9} {'ttft50':>8} {'ttft95':>8} "
+    f"{'engine':<8} {'conc':>5} {'req/s':>8} {'tok/s':>9} {'ttft50':>8} {'ttft95':>8} "
     f"{'itl50ms':>7} {'e2e50':>7} {'e2e95':>7} {'errors':>6}"
 )
 
@@ -98,8 +110,9 @@ async def one_request(client: httpx.AsyncClient, tokens: int) -> RequestResult:
     return result
 
 
-async def run_level(url: str, concurrency: int, requests: int, tokens: int) -> LevelResult:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+async def run_level(label: str, url: str, concurrency: int, requests: int, tokens: int) -> LevelResult:
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
 
         async def client_loop() -> list[RequestResult]:
             return [await one_request(client, tokens) for _ in range(requests)]
@@ -107,27 +120,39 @@ async def run_level(url: str, concurrency: int, requests: int, tokens: int) -> L
         started = time.perf_counter()
         per_client = await asyncio.gather(*(client_loop() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return LevelResult(concurrency, wall, [r for results in per_client for r in results])
+    return LevelResult(label, concurrency, wall, [r for results in per_client for r in results])
 
 
-def start_server(port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "APP__PORT": str(port), "LOGGING__ACCESS_LOG": "false", "LOGGING__LEVEL": "WARNING"}
-    env.update(extra_env)
-    return subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
+@dataclass
+class Server:
+    label: str
+    url: str
+    process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def start(cls, label: str, extra_env: dict[str, str]) -> Server:
+        port = free_port()
+        env = {**os.environ, **SERVER_ENV, "APP__PORT": str(port), **extra_env}
+        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
+        return cls(label, f"http://127.0.0.1:{port}", process)
 
-def wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("the server exited before it was healthy")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become healthy")
+    def wait_healthy(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise SystemExit(f"the {self.label} server exited before it was healthy")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the {self.label} server did not become healthy")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
 
 
 def free_port() -> int:
@@ -137,42 +162,87 @@ def free_port() -> int:
         return port
 
 
+def bare_generate_tokens_per_s(model_dir: Path, dtype: str, tokens: int, runs: int = 2) -> float:
+    """One client without a server: transformers' own `generate`, greedy, `tokens` new tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+    with torch.inference_mode():
+        model.generate(**inputs, **{**options, "max_new_tokens": 4, "min_new_tokens": 4})
+        started = time.perf_counter()
+        for _ in range(runs):
+            model.generate(**inputs, **options)
+    return runs * tokens / (time.perf_counter() - started)
+
+
+def load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--levels", default="1,4,16", help="comma-separated concurrency levels")
+    parser.add_argument("--baseline-levels", default="1,16", help="levels also run with max_batch_size=1 ('' for none)")
     parser.add_argument("--tokens", type=int, default=64, help="output tokens per request")
     parser.add_argument("--requests", type=int, default=2, help="requests per client at each level")
-    parser.add_argument("--url", help="bench a running server instead of starting one")
+    parser.add_argument("--dtype", default="auto", help="MODEL__DTYPE of both servers (auto = float32 on CPU)")
+    parser.add_argument("--no-reference", action="store_true", help="skip bare model.generate at one client")
+    parser.add_argument("--url", help="bench a running server instead (no baseline, no reference)")
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
+    baseline_levels = {int(level) for level in args.baseline_levels.split(",") if level} if not args.url else set()
 
-    server = None
-    url = args.url
-    if url is None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = start_server(port, {})
+    servers: list[Server] = []
     try:
-        if server is not None:
-            wait_healthy(url, server)
-        status = httpx.get(f"{url}/status", timeout=10).json()
-        model = status["model"]
-        print(f"model {model['served_name']} on {model['device']} ({model['dtype']}), {os.cpu_count()} CPUs")
-        print(f"{args.tokens} output tokens per request, {args.requests} requests per client, streamed")
-        print(HEADER)
-        results = []
-        for level in levels:
-            result = asyncio.run(run_level(url, level, args.requests, args.tokens))
-            results.append(result)
-            print(result.row(), flush=True)
-        base = results[0].tokens_per_s()
-        for result in results[1:]:
-            ratio = result.tokens_per_s() / base if base else float("nan")
-            print(f"throughput at {result.concurrency} clients / at {results[0].concurrency}: {ratio:.2f}x")
+        if args.url:
+            batched = Server("batch", args.url)
+        else:
+            batched = Server.start("batch", {"MODEL__DTYPE": args.dtype})
+            servers.append(batched)
+            if baseline_levels:
+                servers.append(Server.start("serial", {"MODEL__DTYPE": args.dtype, "ENGINE__MAX_BATCH_SIZE": "1"}))
+        for server in servers:
+            server.wait_healthy()
+        report(args, batched, servers[1] if len(servers) > 1 else None, levels, baseline_levels)
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
+        for server in servers:
+            server.stop()
+
+
+def report(
+    args: argparse.Namespace, batched: Server, serial: Server | None, levels: list[int], baseline_levels: set[int]
+) -> None:
+    status = httpx.get(f"{batched.url}/status", timeout=10).json()
+    model = status["model"]
+    print(f"model {model['served_name']} on {model['device']} ({model['dtype']}), {os.cpu_count()} CPUs")
+    print(f"{args.tokens} output tokens per request, {args.requests} requests per client, streamed")
+    print(f"load average at start: {load()}")
+    print(HEADER)
+    ours: dict[int, LevelResult] = {}
+    theirs: dict[int, LevelResult] = {}
+    for level in levels:
+        ours[level] = asyncio.run(run_level("batch", batched.url, level, args.requests, args.tokens))
+        print(ours[level].row(), flush=True)
+        if serial is not None and level in baseline_levels:
+            theirs[level] = asyncio.run(run_level("serial", serial.url, level, args.requests, args.tokens))
+            print(theirs[level].row(), flush=True)
+    print(f"load average at end: {load()}")
+    first = levels[0]
+    for level in levels[1:]:
+        ratio = ours[level].tokens_per_s() / ours[first].tokens_per_s()
+        print(f"batch: throughput at {level} clients / at {first}: {ratio:.2f}x")
+    for level, result in theirs.items():
+        ratio = ours[level].tokens_per_s() / result.tokens_per_s()
+        print(f"throughput at {level} clients, batch / max_batch_size=1: {ratio:.2f}x")
+    if not args.no_reference and not args.url and 1 in ours:
+        bare = bare_generate_tokens_per_s(ROOT / "models" / "smollm2-135m-instruct", args.dtype, args.tokens)
+        mine = ours[1].tokens_per_s()
+        print(f"one client: bare model.generate {bare:.1f} tok/s, server {mine:.1f} tok/s ({mine / bare - 1:+.0%})")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ LONG = {"prompt": "Write a long essay about mountains.", "max_tokens": 1000, "te
 @pytest.fixture(scope="module")
 def tight_queue(model_dir: Path) -> Iterator[LiveServer]:
     # no cache: identical requests would share one generation instead of queueing
-    live = (
-        LiveServer(make_settings(model_dir, engine={"max_queue": 1}, cache={"enabled": False})).start().wait_healthy()
-    )
+    settings = make_settings(model_dir, engine={"max_queue": 1, "max_batch_size": 1}, cache={"enabled": False})
+    live = LiveServer(settings).start().wait_healthy()
     yield live
     live.stop()
 
@@ -35,7 +34,8 @@ def short_deadline(model_dir: Path) -> Iterator[LiveServer]:
 def test_full_queue_answers_503_at_once_and_recovers(tight_queue: LiveServer) -> None:
     with tight_queue.client() as client, ExitStack() as streams:
         running = streams.enter_context(client.stream("POST", "/v1/generate", json={**LONG, "stream": True}))
-        next(event for event, _ in iter_sse(running) if event == "token")  # first request is generating
+        events = iter_sse(running)  # held: a dropped SSE iterator closes the connection, an abort
+        next(event for event, _ in events if event == "token")  # first request is generating
         queued = streams.enter_context(client.stream("POST", "/v1/generate", json={**LONG, "stream": True}))
         assert queued.status_code == 200  # admitted: waits in the queue
 

@@ -168,6 +168,7 @@ def test_client_that_leaves_a_streamed_n2_request_aborts_both(server: LiveServer
         state: dict[str, int] = client.get("/status").json()["queue"]
         return state
 
+    assert poll(lambda: queue()["running"] == 0 and queue()["queued"] == 0)  # earlier tests' runs have ended
     before = queue()["cancelled"]
     # sampled, so the two choices are two generations (identical greedy choices share one)
     body = {"prompt": "Write a long essay about rivers.", "max_tokens": 1000, "temperature": 0.9, "n": 2,

@@ -77,8 +77,9 @@ def test_disconnect_mid_stream_keeps_history_and_frees_the_engine(client: httpx.
             "temperature": 0, "session_id": session_id, "stream": True}  # fmt: skip
     cancelled_before = queue(client)["cancelled"]
     with client.stream("POST", "/v1/chat", json=body) as response:
+        events = iter_sse(response)  # held: a dropped SSE iterator closes the connection, an abort
         tokens = 0
-        for event, _ in iter_sse(response):
+        for event, _ in events:
             tokens += event == "token"
             if tokens == 3:
                 break
@@ -106,7 +107,8 @@ def test_non_streamed_client_that_leaves_stops_its_generation(server: LiveServer
 def test_health_answers_while_a_generation_runs(client: httpx.Client) -> None:
     body = {"prompt": "Count slowly:", "max_tokens": 1000, "temperature": 0, "stream": True}
     with client.stream("POST", "/v1/generate", json=body) as response:
-        first = next(event for event, _ in iter_sse(response) if event == "token")
+        events = iter_sse(response)  # held: a dropped SSE iterator closes the connection, an abort
+        first = next(event for event, _ in events if event == "token")
         assert first == "token"
         for _ in range(5):
             assert client.get("/health").status_code == 200

@@ -105,7 +105,7 @@ class ModelRuntime:
 
     def _load_blocking(self) -> ReadyModel:
         """Everything slow, torch's import included, off the event loop."""
-        from app.llm.engine import SerialEngine
+        from app.llm.engine import BatchingEngine
         from app.llm.loader import load_model
 
         token = self._settings.huggingface_token
@@ -113,7 +113,7 @@ class ModelRuntime:
             self._settings.model, token.get_secret_value() if token else None, self._set_progress
         )
         prompts = PromptBuilder(loaded.tokenizer, loaded.context_length, self._read_system_prompt())
-        engine = SerialEngine(loaded, self._settings.engine, on_batch=self._on_batch)
+        engine = BatchingEngine(loaded, self._settings.engine, on_batch=self._on_batch)
         engine.start()
         self._engine = engine
         return ReadyModel(

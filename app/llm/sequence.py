@@ -1,4 +1,8 @@
-"""One request's decoding state: prefill, then one token per step, with its own sampling."""
+"""One request's decoding state: its tokens, its own sampling, stops and text deltas.
+
+The scheduler owns the forward passes; a `SequenceState` only turns the logits row the
+model gave it into the next token (`choose`) and that token into a chunk of text (`accept`).
+"""
 
 from __future__ import annotations
 
@@ -11,59 +15,66 @@ from app.llm.stops import StopSequenceFilter
 from app.llm.types import FinishReason, GenerationChunk, GenerationRequest
 
 
-class SequenceDecoder:
-    """Call `step()` on the inference thread until it returns a chunk with `finish_reason`."""
+class SequenceState:
+    """Lives on the inference thread from admission to the request's last chunk."""
 
     def __init__(self, loaded: LoadedModel, request: GenerationRequest) -> None:
         self._loaded = loaded
-        self._params = request.params
-        self._prompt_tokens = len(request.prompt_ids)
+        self.params = request.params
+        self.prompt_tokens = len(request.prompt_ids)
+        self.tokens: list[int] = list(request.prompt_ids)
+        """Prompt and generated tokens; a preempted sequence is prefilled again from these."""
         self._detokenizer = IncrementalDetokenizer(loaded.tokenizer, request.prompt_ids)
         self._stops = StopSequenceFilter(request.params.stop)
         self._generator = make_generator(request.params.seed, loaded.device)
-        self._seen = torch.tensor([request.prompt_ids], dtype=torch.long, device=loaded.device)
-        self._next_input = self._seen
-        self._cache: object | None = None
+        self._penalised = self.params.repetition_penalty != 1.0
+        seen = request.prompt_ids if self._penalised else ()
+        self._seen = torch.tensor(seen, dtype=torch.long, device=loaded.device)
+        """Tokens the repetition penalty looks at; kept empty when there is no penalty."""
         self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
 
-    def step(self) -> GenerationChunk:
-        logits = self._forward(self._next_input)
-        token = choose_next_token(logits[0], self._params, self._seen[0], self._generator)
+    @property
+    def needs_own_sampling(self) -> bool:
+        """False when the argmax of the raw logits is the answer (greedy, no penalty)."""
+        return not self.params.greedy or self._penalised
+
+    @property
+    def last_token(self) -> int:
+        return self.tokens[-1]
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """Pick the next token from this sequence's 1-D logits row."""
+        return choose_next_token(logits, self.params, self._seen, self._generator)
+
+    def accept(self, token: int) -> GenerationChunk:
+        """Record the chosen token; the chunk carries new text and, at the end, `finish_reason`."""
         self.completion_tokens += 1
-        finish: FinishReason | None = None
+        self.tokens.append(token)
+        if self._penalised:
+            self._seen = torch.cat([self._seen, self._seen.new_tensor([token])])
         text = ""
         if token in self._loaded.eos_token_ids:
-            finish = "stop"
+            self.finish_reason = "stop"
         else:
             text = self._stops.push(self._detokenizer.push(token))
             if self._stops.stopped:
-                finish = "stop"
+                self.finish_reason = "stop"
             elif self._out_of_room():
-                finish = "length"
-        if finish is not None:
+                self.finish_reason = "length"
+        if self.finish_reason is not None:
             text += self._drain()
-        else:
-            token_tensor = torch.tensor([[token]], dtype=torch.long, device=self._loaded.device)
-            self._next_input = token_tensor
-            if self._params.repetition_penalty != 1.0:
-                self._seen = torch.cat([self._seen, token_tensor], dim=-1)
         return GenerationChunk(
             text=text,
             completion_tokens=self.completion_tokens,
-            prompt_tokens=self._prompt_tokens,
-            finish_reason=finish,
+            prompt_tokens=self.prompt_tokens,
+            finish_reason=self.finish_reason,
         )
-
-    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        outputs = self._loaded.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
-        self._cache = outputs.past_key_values
-        logits: torch.Tensor = outputs.logits[:, -1, :]
-        return logits
 
     def _out_of_room(self) -> bool:
         return (
-            self.completion_tokens >= self._params.max_tokens
-            or self._prompt_tokens + self.completion_tokens >= self._loaded.context_length
+            self.completion_tokens >= self.params.max_tokens
+            or self.prompt_tokens + self.completion_tokens >= self._loaded.context_length
         )
 
     def _drain(self) -> str:
