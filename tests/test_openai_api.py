@@ -190,13 +190,11 @@ def test_the_short_answer_ends_early_by_itself(client: httpx.Client) -> None:
     assert data["choices"][0]["finish_reason"] == "stop" and data["usage"]["completion_tokens"] < 10
 
 
-@pytest.mark.xfail(strict=True, reason="needs engine min_tokens/ignore_eos")
 def test_min_tokens_holds_back_the_end(client: httpx.Client) -> None:
     data = client.post("/v1/chat/completions", json={**SHORT_ANSWER, "min_tokens": 10}).json()
     assert data["usage"]["completion_tokens"] >= 10
 
 
-@pytest.mark.xfail(strict=True, reason="needs engine min_tokens/ignore_eos")
 def test_ignore_eos_generates_to_max_tokens(client: httpx.Client) -> None:
     data = client.post("/v1/chat/completions", json={**SHORT_ANSWER, "ignore_eos": True}).json()
     assert data["choices"][0]["finish_reason"] == "length" and data["usage"]["completion_tokens"] == 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
@@ -68,7 +68,7 @@ class OpenAISampling(OpenAIRequest):
             stop=self.stop,
             seed=seed,
         )
-        return fields.to_sampling_params(defaults)
+        return replace(fields.to_sampling_params(defaults), min_tokens=self.min_tokens, ignore_eos=self.ignore_eos)
 
     def _max_tokens(self) -> int | None:
         return self.max_tokens

@@ -36,8 +36,12 @@ class SequenceState:
 
     @property
     def needs_own_sampling(self) -> bool:
-        """False when the argmax of the raw logits is the answer (greedy, no penalty)."""
-        return not self.params.greedy or self._penalised
+        """False when the argmax of the raw logits is the answer (greedy, no penalty, EOS allowed)."""
+        return not self.params.greedy or self._penalised or self._eos_banned
+
+    @property
+    def _eos_banned(self) -> bool:
+        return self.params.ignore_eos or self.completion_tokens < self.params.min_tokens
 
     @property
     def last_token(self) -> int:
@@ -45,6 +49,9 @@ class SequenceState:
 
     def choose(self, logits: torch.Tensor) -> int:
         """Pick the next token from this sequence's 1-D logits row."""
+        if self._eos_banned:
+            logits = logits.clone()
+            logits[list(self._loaded.eos_token_ids)] = float("-inf")
         return choose_next_token(logits, self.params, self._seen, self._generator)
 
     def accept(self, token: int) -> GenerationChunk:

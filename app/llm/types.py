@@ -18,6 +18,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0
+    """No end-of-text token before this many tokens (vLLM's `min_tokens`)."""
+    ignore_eos: bool = False
+    """Never end on the end-of-text token: only max_tokens or a stop text ends it."""
 
     @property
     def greedy(self) -> bool:
