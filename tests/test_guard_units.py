@@ -151,7 +151,15 @@ def test_single_flight_followers_get_the_leaders_value_or_none() -> None:
         assert abandoned is not None
         waiting = [asyncio.create_task(abandoned.wait()) for _ in range(2)]
         cache.land("j", None)
-        return landed, await asyncio.gather(*waiting)
+        abandoned_results = await asyncio.gather(*waiting)
+
+        cache.take_off("silent")
+        silent = cache.flight("silent")
+        assert silent is not None
+        assert await silent.wait(timeout_s=0.01) is None  # a leader that never answers
+        cache.abandon("silent", silent)
+        assert cache.flight("silent") is None
+        return landed, abandoned_results
 
     landed, abandoned = asyncio.run(scenario())
     assert landed == ["answer"] * 3

@@ -46,8 +46,12 @@ class Flight(Generic[V]):
     def __init__(self) -> None:
         self._result: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
 
-    async def wait(self) -> V | None:
-        return await asyncio.shield(self._result)
+    async def wait(self, timeout_s: float | None = None) -> V | None:
+        """The flight's value; None if it did not complete, or not within `timeout_s`."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._result), timeout_s)
+        except TimeoutError:
+            return None
 
     def land(self, value: V | None) -> None:
         if not self._result.done():
@@ -91,6 +95,11 @@ class ResponseCache(Generic[V]):
             self.put(key, value)
         if flight is not None:
             flight.land(value)
+
+    def abandon(self, key: str, flight: Flight[V]) -> None:
+        """Drop a flight that never answered, so later identical requests do not follow it."""
+        if self._flights.get(key) is flight:
+            self.land(key, None)
 
     def stats(self) -> CacheStats:
         self._entries.expire()

@@ -51,6 +51,8 @@ class GenerationPolicy:
     cache: ResponseCache[Completion] | None = None
     cache_deterministic_only: bool = True
     log_prompts: bool = False
+    flight_patience_s: float = 360.0
+    """How long an identical request waits for the running one before generating alone."""
 
     def cacheable(self, params: SamplingParams) -> bool:
         return self.cache is not None and (
@@ -191,7 +193,7 @@ class GenerationService:
         if stored is not None:
             return self._run(_replay(stored), successes, closes, log_prompt, cached=True)
         if flight is not None:
-            return self._run(self._follow(flight, request), successes, closes, log_prompt, cached=True)
+            return self._run(self._follow(cache, key, flight, request), successes, closes, log_prompt, cached=True)
 
         chunks = self._generate(request)
         cache.take_off(key)
@@ -225,10 +227,14 @@ class GenerationService:
         """Submit now, so that admission errors surface before any response starts."""
         return _ModelStream(self._engine.submit(request), self._policy)
 
-    async def _follow(self, flight: Flight[Completion], request: GenerationRequest) -> Chunks:
+    async def _follow(
+        self, cache: ResponseCache[Completion], key: str, flight: Flight[Completion], request: GenerationRequest
+    ) -> Chunks:
         """Wait for the identical request already running; if it does not land (its client left
         or it failed), generate alone."""
-        completion = await flight.wait()
+        completion = await flight.wait(self._policy.flight_patience_s)
+        if completion is None:
+            cache.abandon(key, flight)
         if completion is not None:
             yield _final_chunk(completion)
             return
