@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, assert_error, poll
+from tests.conftest import LiveServer, assert_error, metric_value, poll
 
 SERVED = "smollm2-135m-instruct"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -170,6 +170,7 @@ def test_client_that_leaves_a_streamed_n2_request_aborts_both(server: LiveServer
 
     assert poll(lambda: queue()["running"] == 0 and queue()["queued"] == 0)  # earlier tests' runs have ended
     before = queue()["cancelled"]
+    cancelled_metric = metric_value(client, "llm_requests_rejected_total", reason="cancelled")
     # sampled, so the two choices are two generations (identical greedy choices share one)
     body = {"prompt": "Write a long essay about rivers.", "max_tokens": 1000, "temperature": 0.9, "n": 2,
             "stream": True}  # fmt: skip
@@ -178,6 +179,7 @@ def test_client_that_leaves_a_streamed_n2_request_aborts_both(server: LiveServer
             if '"text":"' in line and '"text":""' not in line:
                 break  # the first text arrived: a generation is running
     assert poll(lambda: queue()["running"] == 0 and queue()["queued"] == 0 and queue()["cancelled"] == before + 2)
+    assert metric_value(client, "llm_requests_rejected_total", reason="cancelled") == cancelled_metric + 2
 
 
 SHORT_ANSWER = {"messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}], "max_tokens": 20,

@@ -19,6 +19,8 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.counted = False
+        """Already counted in llm_requests_rejected_total (a run and the HTTP mapping both see it)."""
 
     def response_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}

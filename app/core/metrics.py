@@ -112,8 +112,8 @@ class LLMMetrics:
 
     def reject_error(self, error: ServiceError) -> None:
         """Count an error once, wherever it is seen first (inside a run, or at the HTTP mapping)."""
-        if not getattr(error, "counted", False):
-            error.counted = True  # type: ignore[attr-defined]
+        if not error.counted:
+            error.counted = True
             self.reject(error.reject_reason)
 
     def count_redactions(self, counts: Tally[str]) -> None:

@@ -93,6 +93,7 @@ class GenerationRun:
         self._log_fields = log_fields or {}
         self._log_output = log_output
         self._failed = False
+        self._closed = False
         self.completion: Completion | None = None
 
     async def __aiter__(self) -> AsyncIterator[str]:
@@ -130,13 +131,15 @@ class GenerationRun:
         return self.completion
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
-        callbacks, self._on_close = self._on_close, []
-        if callbacks and self.completion is None and not self._failed and self._metrics is not None:
+        if self.completion is None and not self._failed and self._metrics is not None:
             self._metrics.reject("cancelled")
-        for callback in callbacks:
+        for callback in self._on_close:
             callback()
 
     def _log(self, completion: Completion, duration_s: float) -> None:
