@@ -78,6 +78,8 @@ class ModelSettings(Section):
     """Default system prompt for chats that send none (only for templates that accept one)."""
     warmup: bool = True
     """Run a short generation before reporting healthy."""
+    cpu_onednn_linear: bool = True
+    """On CPU, pack float32 Linear weights for oneDNN at load: 2-3x faster than torch's default MKL path."""
 
     def resolved_served_name(self) -> str:
         if self.served_name:

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from app.llm.growing_cache import GrowingCache
+
 
 class KVBatch:
     """Owned by the inference thread; never touched from elsewhere."""
@@ -24,7 +26,7 @@ class KVBatch:
 
     @classmethod
     def empty(cls, rows: int, device: torch.device) -> KVBatch:
-        return cls(DynamicCache(), torch.zeros((rows, 0), dtype=torch.long, device=device))
+        return cls(GrowingCache(), torch.zeros((rows, 0), dtype=torch.long, device=device))
 
     @property
     def rows(self) -> int:
@@ -84,7 +86,7 @@ class KVBatch:
         if rows == list(range(self.rows)):
             return
         if not rows:
-            self.cache, self.mask = DynamicCache(), self.mask[:0, :0]
+            self.cache, self.mask = GrowingCache(), self.mask[:0, :0]
             return
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask.index_select(0, index)

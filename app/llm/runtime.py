@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from app.core.config import ModelSettings, Settings
 from app.core.errors import ModelNotReady, ServiceError
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from app.llm.loader import LoadedModel
 
 logger = logging.getLogger("app.llm.runtime")
+
+T = TypeVar("T")
 
 ModelLoader = Callable[[ModelSettings, str | None, Callable[[str], None]], "LoadedModel"]
 """Signature of app.llm.loader.load_model: settings, hub token, progress callback."""
@@ -90,7 +94,7 @@ class ModelRuntime:
     async def load(self) -> None:
         """Load, start the engine, warm up. On failure: state FAILED and the error re-raised."""
         try:
-            ready = await asyncio.to_thread(self._load_blocking)
+            ready = await _on_own_thread(self._load_blocking)
         except Exception as exc:
             self.state, self.error = ModelState.FAILED, str(exc) or type(exc).__name__
             raise
@@ -151,3 +155,26 @@ class ModelRuntime:
             logger.warning("system prompt file not readable; no default system prompt", extra={"path": str(path)})
             return None
         return text or None
+
+
+async def _on_own_thread(work: Callable[[], T]) -> T:
+    """Run `work` on a new thread that ends with it, off the event loop.
+
+    Not `asyncio.to_thread`: its pool thread would outlive the load together with the OpenMP
+    workers torch started for it; libgomp, counting more of its threads than CPUs, then puts its
+    workers to sleep between parallel regions instead of spinning briefly (as OMP_WAIT_POLICY=PASSIVE
+    does, which measured the same). On 2 cores that made the inference thread's decoding steps
+    1.2-1.5x slower for the server's whole life; a loader thread that ends takes its workers along.
+    """
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed to the awaiting coroutine
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="model-loader", daemon=True).start()
+    return await asyncio.wrap_future(future)
