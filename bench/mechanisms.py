@@ -5,7 +5,9 @@ N requests of the bench prompt, `--tokens` greedy tokens each, through:
   padded    one padded batch of all N through `generate` (no joining, no leaving)
   hf-cb     transformers' continuous batching, `generate_batch` (paged attention)
   engine    this server's BatchingEngine: all N submitted at once, streamed
-Printed: output tokens/s (wall clock) and CPU seconds used, per mechanism and dtype.
+Printed: output tokens/s (wall clock) and CPU seconds used, per mechanism and dtype. Every
+mechanism runs the model as the server loads it (`--kernels onednn`: float32 Linear layers
+packed for oneDNN on CPU) or with torch's default kernels (`--kernels torch`).
 """
 
 from __future__ import annotations
@@ -13,22 +15,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig
 
 from app.core.config import EngineSettings, ModelSettings
 from app.llm.engine import BatchingEngine
-from app.llm.loader import load_model
+from app.llm.loader import LoadedModel, load_model
 from app.llm.types import GenerationRequest, SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 PROMPT = "Once upon a time, in a small village by the sea,"
+T = TypeVar("T")
 
 
 def timed(run: Callable[[], int]) -> tuple[float, float]:
@@ -58,9 +63,7 @@ def hf_continuous(model: Any, ids: torch.Tensor, n: int, tokens: int) -> int:
     return sum(len(output.generated_tokens) for output in outputs.values())
 
 
-def engine(dtype: str) -> Callable[[Any, torch.Tensor, int, int], int]:
-    loaded = load_model(ModelSettings(name=str(MODEL_DIR), dtype=dtype), None)  # type: ignore[arg-type]
-
+def engine(loaded: LoadedModel) -> Callable[[Any, torch.Tensor, int, int], int]:
     def run(_: Any, ids: torch.Tensor, n: int, tokens: int) -> int:
         async def all_at_once() -> int:
             batching = BatchingEngine(loaded, EngineSettings(max_batch_size=max(n, 1)))
@@ -87,20 +90,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--mechanisms", default="serial,padded,hf-cb,engine")
+    parser.add_argument("--kernels", choices=["onednn", "torch"], default="onednn", help="float32 Linear on CPU")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     print(f"{args.requests} requests x {args.tokens} tokens, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     for dtype in args.dtypes.split(","):
-        model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=getattr(torch, dtype)).eval()
+        settings = ModelSettings(name=str(MODEL_DIR), dtype=dtype, cpu_onednn_linear=args.kernels == "onednn")
+        loaded = on_own_thread(partial(load_model, settings, None))
         mechanisms: dict[str, Callable[[Any, torch.Tensor, int, int], int]] = {
             "serial": serial,
             "padded": padded,
             "hf-cb": hf_continuous,
-            "engine": engine(dtype),
+            "engine": engine(loaded),
         }
         for name in args.mechanisms.split(","):
-            rate, cpu = measure(mechanisms[name], name, model, ids, args)
+            rate, cpu = measure(mechanisms[name], name, loaded.model, ids, args)
             print(
                 f"{dtype:<9} {name:<7} {rate:>7.1f} tok/s {cpu:>6.1f} CPU s  load {os.getloadavg()[0]:.2f}", flush=True
             )
@@ -109,11 +114,26 @@ def main() -> None:
 def measure(
     run: Callable[[Any, torch.Tensor, int, int], int], name: str, model: Any, ids: torch.Tensor, args: Any
 ) -> tuple[float, float]:
-    context = torch.no_grad() if name == "hf-cb" else torch.inference_mode()  # hf-cb writes its own tensors
-    with context:
-        n = 2 if name == "serial" else args.requests  # serial: tokens/s does not depend on N
-        run(model, ids, n, 4)  # warm-up with the same N: first-call costs (and hf-cb's sizing) out of the figure
-        return timed(lambda: run(model, ids, n, args.tokens))
+    def warm_and_time() -> tuple[float, float]:
+        context = torch.no_grad() if name == "hf-cb" else torch.inference_mode()  # hf-cb writes its own tensors
+        with context:
+            n = 2 if name == "serial" else args.requests  # serial: tokens/s does not depend on N
+            run(model, ids, n, 4)  # warm-up with the same N: first-call costs (and hf-cb's sizing) out of the figure
+            return timed(lambda: run(model, ids, n, args.tokens))
+
+    return on_own_thread(warm_and_time)
+
+
+def on_own_thread(work: Callable[[], T]) -> T:
+    """Torch work on a thread that ends with it, as the server loads its model (see app.llm.runtime):
+    OpenMP workers of a finished mechanism must not slow down the next one."""
+    results: list[T] = []
+    thread = threading.Thread(target=lambda: results.append(work()))
+    thread.start()
+    thread.join()
+    if not results:
+        raise SystemExit("a mechanism failed; see the traceback above")
+    return results[0]
 
 
 if __name__ == "__main__":

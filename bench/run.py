@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -162,15 +163,21 @@ def free_port() -> int:
         return port
 
 
-def bare_generate_tokens_per_s(model_dir: Path, dtype: str, tokens: int, runs: int = 2) -> float:
-    """One client without a server: transformers' own `generate`, greedy, `tokens` new tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def bare_generate_tokens_per_s(model_dir: Path, dtype: str, tokens: int, onednn: bool, runs: int = 2) -> float:
+    """One client without a server: transformers' own `generate`, greedy, `tokens` new tokens.
 
-    torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
-    inputs = tokenizer(PROMPT, return_tensors="pt")
+    `onednn`: the model as the server loads it (float32 Linear layers packed for oneDNN on CPU);
+    otherwise torch's default kernels.
+    """
+    import torch
+
+    from app.core.config import ModelSettings
+    from app.llm.loader import load_model
+
+    settings = ModelSettings(name=str(model_dir), dtype=dtype, cpu_onednn_linear=onednn)
+    loaded = load_model(settings, None)
+    model: Any = loaded.model
+    inputs = loaded.tokenizer(PROMPT, return_tensors="pt").to(loaded.device)
     options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
     with torch.inference_mode():
         model.generate(**inputs, **{**options, "max_new_tokens": 4, "min_new_tokens": 4})
@@ -225,9 +232,11 @@ def report(
     for server in (batched, serial):
         if server is not None:  # first-call costs (allocations, kernel choices) out of the figures
             asyncio.run(run_level(server.label, server.url, 2, 1, 8))
-    bare = None
+    bare: dict[str, float] = {}
     if not args.no_reference and not args.url and 1 in levels:  # measured next to the one-client level
-        bare = bare_generate_tokens_per_s(ROOT / "models" / "smollm2-135m-instruct", args.dtype, args.tokens)
+        model_dir = ROOT / "models" / "smollm2-135m-instruct"
+        for kernels, onednn in (("same model as the server", True), ("torch's default kernels", False)):
+            bare[kernels] = bare_generate_tokens_per_s(model_dir, args.dtype, args.tokens, onednn)
     print(HEADER)
     ours: dict[int, LevelResult] = {}
     theirs: dict[int, LevelResult] = {}
@@ -245,9 +254,11 @@ def report(
     for level, result in theirs.items():
         ratio = ours[level].tokens_per_s() / result.tokens_per_s()
         print(f"throughput at {level} clients, batch / max_batch_size=1: {ratio:.2f}x")
-    if bare is not None:
+    if bare:
         mine = ours[1].tokens_per_s()
-        print(f"one client: bare model.generate {bare:.1f} tok/s, server {mine:.1f} tok/s ({mine / bare - 1:+.0%})")
+        for kernels, rate in bare.items():
+            difference = f"{mine / rate - 1:+.0%}"
+            print(f"one client: server {mine:.1f} tok/s, bare model.generate ({kernels}) {rate:.1f} ({difference})")
 
 
 if __name__ == "__main__":
