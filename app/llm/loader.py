@@ -97,7 +97,7 @@ def _load(settings: ModelSettings, token: str | None, progress: Callable[[str], 
     else:
         device = next(model.parameters()).device
     model.eval()
-    if device.type == "cpu" and settings.cpu_onednn_linear:
+    if device.type == "cpu" and settings.device_map is None and settings.cpu_onednn_linear:
         progress("packing weights for oneDNN")
         packed = pack_linear_layers(model, batch_hint=_ONEDNN_BATCH_HINT)
         logger.info("linear layers packed for oneDNN", extra={"layers": packed})
