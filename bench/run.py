@@ -6,7 +6,7 @@ other, so both see the same machine load and their ratio holds on a noisy machin
 level every client sends `--requests` streamed /v1/generate calls of `--tokens` output
 tokens, one after another. Printed per level: requests/s, aggregate output tokens/s, time to
 first token p50/p95, inter-token latency p50, end-to-end p50/p95, errors; then the ratios,
-and bare `model.generate` at one client for reference.
+and the server at one client against bare `model.generate` on the same model, alternated.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def _pct(results: list[RequestResult], attribute: str, percent: int) -> float:
     values = sorted(getattr(r, attribute) for r in results)
     if not values:
         return float("nan")
-    return values[min(len(values) - 1, round(percent / 100 * (len(values) - 1)))]
+    value: float = values[min(len(values) - 1, round(percent / 100 * (len(values) - 1)))]
+    return value
 
 
 async def one_request(client: httpx.AsyncClient, tokens: int) -> RequestResult:
@@ -163,28 +164,50 @@ def free_port() -> int:
         return port
 
 
-def bare_generate_tokens_per_s(model_dir: Path, dtype: str, tokens: int, onednn: bool, runs: int = 2) -> float:
-    """One client without a server: transformers' own `generate`, greedy, `tokens` new tokens.
+class BareGenerate:
+    """One client without a server: transformers' own `generate`, greedy, on a model loaded here.
 
     `onednn`: the model as the server loads it (float32 Linear layers packed for oneDNN on CPU);
     otherwise torch's default kernels.
     """
-    import torch
 
-    from app.core.config import ModelSettings
-    from app.llm.loader import load_model
+    def __init__(self, model_dir: Path, dtype: str, onednn: bool) -> None:
+        from app.core.config import ModelSettings
+        from app.llm.loader import load_model
 
-    settings = ModelSettings(name=str(model_dir), dtype=dtype, cpu_onednn_linear=onednn)
-    loaded = load_model(settings, None)
-    model: Any = loaded.model
-    inputs = loaded.tokenizer(PROMPT, return_tensors="pt").to(loaded.device)
-    options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
-    with torch.inference_mode():
-        model.generate(**inputs, **{**options, "max_new_tokens": 4, "min_new_tokens": 4})
-        started = time.perf_counter()
-        for _ in range(runs):
-            model.generate(**inputs, **options)
-    return runs * tokens / (time.perf_counter() - started)
+        self._loaded = load_model(ModelSettings(name=str(model_dir), dtype=dtype, cpu_onednn_linear=onednn), None)
+        self._inputs = self._loaded.tokenizer(PROMPT, return_tensors="pt").to(self._loaded.device)
+        self.tokens_per_s(4, runs=1)  # first-call costs out of the figures
+
+    def tokens_per_s(self, tokens: int, runs: int = 2) -> float:
+        import torch
+
+        model: Any = self._loaded.model
+        options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for _ in range(runs):
+                model.generate(**self._inputs, **options)
+        return runs * tokens / (time.perf_counter() - started)
+
+
+def one_client_against_bare_generate(url: str, args: argparse.Namespace) -> None:
+    """The server at one client and bare `generate`, alternated `--pairs` times so that drift hits both."""
+    model_dir = ROOT / "models" / "smollm2-135m-instruct"
+    same, default_kernels = BareGenerate(model_dir, args.dtype, True), BareGenerate(model_dir, args.dtype, False)
+    server: list[float] = []
+    bare: list[float] = []
+    for _ in range(args.pairs):
+        bare.append(same.tokens_per_s(args.tokens))
+        server.append(asyncio.run(run_level("batch", url, 1, args.requests, args.tokens)).tokens_per_s())
+    mine, theirs = statistics.median(server), statistics.median(bare)
+    rates = ", ".join(f"{s:.1f}/{b:.1f}" for s, b in zip(server, bare, strict=True))
+    print(f"one client, server/bare model.generate on the same model, alternated: {rates}")
+    print(f"one client: server {mine:.1f} tok/s, bare model.generate {theirs:.1f} ({mine / theirs - 1:+.0%}, medians)")
+    dense = default_kernels.tokens_per_s(args.tokens)
+    print(
+        f"one client: bare model.generate, torch's default kernels {dense:.1f} tok/s (server {mine / dense - 1:+.0%})"
+    )
 
 
 def load() -> str:
@@ -199,6 +222,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client at each level")
     parser.add_argument("--dtype", default="auto", help="MODEL__DTYPE of both servers (auto = float32 on CPU)")
     parser.add_argument("--no-reference", action="store_true", help="skip bare model.generate at one client")
+    parser.add_argument("--pairs", type=int, default=3, help="alternations of server and bare generate at one client")
     parser.add_argument("--url", help="bench a running server instead (no baseline, no reference)")
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
@@ -232,11 +256,6 @@ def report(
     for server in (batched, serial):
         if server is not None:  # first-call costs (allocations, kernel choices) out of the figures
             asyncio.run(run_level(server.label, server.url, 2, 1, 8))
-    bare: dict[str, float] = {}
-    if not args.no_reference and not args.url and 1 in levels:  # measured next to the one-client level
-        model_dir = ROOT / "models" / "smollm2-135m-instruct"
-        for kernels, onednn in (("same model as the server", True), ("torch's default kernels", False)):
-            bare[kernels] = bare_generate_tokens_per_s(model_dir, args.dtype, args.tokens, onednn)
     print(HEADER)
     ours: dict[int, LevelResult] = {}
     theirs: dict[int, LevelResult] = {}
@@ -254,11 +273,8 @@ def report(
     for level, result in theirs.items():
         ratio = ours[level].tokens_per_s() / result.tokens_per_s()
         print(f"throughput at {level} clients, batch / max_batch_size=1: {ratio:.2f}x")
-    if bare:
-        mine = ours[1].tokens_per_s()
-        for kernels, rate in bare.items():
-            difference = f"{mine / rate - 1:+.0%}"
-            print(f"one client: server {mine:.1f} tok/s, bare model.generate ({kernels}) {rate:.1f} ({difference})")
+    if not args.no_reference and not args.url:
+        one_client_against_bare_generate(batched.url, args)
 
 
 if __name__ == "__main__":
