@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import httpx
 
 from app.core.config import ModelSettings
 from app.llm.loader import LoadedModel, load_model
+from app.llm.runtime import ModelRuntime, ModelState
 from tests.conftest import ROOT, LiveServer, assert_error, make_settings, poll
 
 
@@ -142,3 +144,26 @@ def _health(client: httpx.Client) -> int:
         return client.get("/health").status_code
     except httpx.TransportError:
         return 0
+
+
+def test_the_model_is_loaded_on_a_thread_that_has_ended_when_serving_starts(model_dir: Path) -> None:
+    """A loader thread that lived on would keep its OpenMP workers and slow every decoding step."""
+    loader_threads: list[threading.Thread] = []
+
+    def recording_loader(settings: ModelSettings, token: str | None, progress: Callable[[str], None]) -> LoadedModel:
+        loader_threads.append(threading.current_thread())
+        return load_model(settings, token, progress)
+
+    async def load_and_stop() -> None:
+        runtime = ModelRuntime(make_settings(model_dir), loader=recording_loader)
+        try:
+            await runtime.load()
+            assert runtime.state is ModelState.READY
+            [loader] = loader_threads
+            assert loader is not threading.main_thread()
+            loader.join(timeout=10)  # blocks the loop on purpose: nothing else runs in this test
+            assert not loader.is_alive()
+        finally:
+            await runtime.shutdown()
+
+    asyncio.run(load_and_stop())
