@@ -1,8 +1,8 @@
 """A KV cache whose layers append in place: buffers with spare columns instead of a copy per step.
 
 transformers' `DynamicLayer` appends a decoding step with `torch.cat`, so every step copies
-every layer's whole cache into fresh memory. On a CPU that copy (and the page faults of the
-fresh allocation) took about 40 % of a 16-row decoding step of SmolLM2-135M. Here each
+every layer's whole cache into fresh memory. Appending in place instead made 16-row decoding
+of SmolLM2-135M on 2 CPU cores 5-9 % faster (64 steps; 4 % over 400). Here each
 layer's `keys`/`values` are views of the first columns of a larger buffer; a step writes its
 one column in place, and only when the spare columns run out is the buffer re-allocated,
 with room that grows with the sequence (amortised: a copy every `max(64, length / 4)` steps).
