@@ -29,10 +29,10 @@ from app.core.config import EngineSettings, ModelSettings
 from app.llm.engine import BatchingEngine
 from app.llm.loader import LoadedModel, load_model
 from app.llm.types import GenerationRequest, SamplingParams
+from bench.run import PROMPT
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
-PROMPT = "Once upon a time, in a small village by the sea,"
 T = TypeVar("T")
 
 

@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -165,36 +164,35 @@ def free_port() -> int:
 
 
 class BareGenerate:
-    """One client without a server: transformers' own `generate`, greedy, on a model loaded here.
+    """One client without a server: `bench.mechanisms.serial` (transformers' own `generate`,
+    greedy) on a model loaded here.
 
     `onednn`: the model as the server loads it (float32 Linear layers packed for oneDNN on CPU);
     otherwise torch's default kernels.
     """
 
-    def __init__(self, model_dir: Path, dtype: str, onednn: bool) -> None:
+    def __init__(self, dtype: str, onednn: bool) -> None:
         from app.core.config import ModelSettings
         from app.llm.loader import load_model
+        from bench.mechanisms import MODEL_DIR
 
-        self._loaded = load_model(ModelSettings(name=str(model_dir), dtype=dtype, cpu_onednn_linear=onednn), None)
-        self._inputs = self._loaded.tokenizer(PROMPT, return_tensors="pt").to(self._loaded.device)
+        self._loaded = load_model(ModelSettings(name=str(MODEL_DIR), dtype=dtype, cpu_onednn_linear=onednn), None)
+        self._ids = self._loaded.tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(self._loaded.device)
         self.tokens_per_s(4, runs=1)  # first-call costs out of the figures
 
     def tokens_per_s(self, tokens: int, runs: int = 2) -> float:
         import torch
 
-        model: Any = self._loaded.model
-        options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+        from bench.mechanisms import serial, timed
+
         with torch.inference_mode():
-            started = time.perf_counter()
-            for _ in range(runs):
-                model.generate(**self._inputs, **options)
-        return runs * tokens / (time.perf_counter() - started)
+            rate, _ = timed(lambda: serial(self._loaded.model, self._ids, runs, tokens))
+        return rate
 
 
 def one_client_against_bare_generate(url: str, args: argparse.Namespace) -> None:
     """The server at one client and bare `generate`, alternated `--pairs` times so that drift hits both."""
-    model_dir = ROOT / "models" / "smollm2-135m-instruct"
-    same, default_kernels = BareGenerate(model_dir, args.dtype, True), BareGenerate(model_dir, args.dtype, False)
+    same, default_kernels = BareGenerate(args.dtype, onednn=True), BareGenerate(args.dtype, onednn=False)
     server: list[float] = []
     bare: list[float] = []
     for _ in range(args.pairs):
