@@ -8,18 +8,33 @@ MODELS_DIR := models
 IMAGE  ?= llm-fastapi-service
 TORCH_VERSION := 2.13.0
 
-.PHONY: install model run test lint format type-check bench build-docker run-docker clean
+.PHONY: install lock model run test lint format type-check bench build-docker run-docker clean
 
 install: $(STAMP)
 
-# torch is installed first and pinned: on this kind of machine `pip install torch==2.13.0`
-# takes a local CPU wheel, while an unpinned torch would pull several GB of CUDA packages.
-$(STAMP): pyproject.toml
+# Exactly the versions in poetry.lock, hash-checked: requirements.lock is exported from it
+# (`make lock`). Everything goes in with --no-deps, so nothing newer can slip in through a
+# dependency's range; `pip check` then proves the set is complete and consistent.
+# torch is the exception to hashing: on this kind of machine `pip install torch==2.13.0`
+# takes a local CPU wheel (a different file from PyPI's CUDA build, so its hash differs),
+# and the CUDA-only packages that PyPI's torch pulls in are left out of requirements.lock.
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# Refresh poetry.lock from pyproject.toml (keeping locked versions where they still fit;
+# `make lock POETRY_LOCK_ARGS=--regenerate` to take the newest), then export it.
+POETRY ?= poetry
+POETRY_LOCK_ARGS ?=
+lock:
+	$(POETRY) lock $(POETRY_LOCK_ARGS)
+	$(POETRY) export --all-extras --format requirements.txt --output requirements.lock.tmp
+	awk '/^[A-Za-z0-9]/ { skip = ($$0 ~ /^(torch|triton|nvidia-|cuda-)/) } !skip' requirements.lock.tmp > requirements.lock
+	rm requirements.lock.tmp
 
 model: $(STAMP)
 	$(BIN)/python -m app.llm.prepare $(MODEL) --models-dir $(MODELS_DIR)
