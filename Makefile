@@ -37,14 +37,14 @@ lock:
 	rm requirements.lock.tmp
 
 model: $(STAMP)
-	$(BIN)/python -m app.llm.prepare $(MODEL) --models-dir $(MODELS_DIR)
+	$(BIN)/python -m app.prepare $(MODEL) --models-dir $(MODELS_DIR)
 
 run: $(STAMP)
-	$(BIN)/python -m app.llm.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
+	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m app
 
 test: $(STAMP)
-	$(BIN)/python -m app.llm.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
+	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -61,7 +61,7 @@ type-check: $(STAMP)
 # BENCH_ARGS: options of bench/run.py, e.g. BENCH_ARGS="--dtype bfloat16" or "--levels 1,4,16,32".
 BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m app.llm.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
+	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 build-docker:

@@ -14,14 +14,18 @@ from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.guard import Gatekeeper, guard
 from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from app.api.routers import chat, generate, health, metrics, models, openai, responses, status, tgi
+from app.api.native import router as native
+from app.api.openai import router as openai
+from app.api.responses import router as responses
+from app.api.system import router as system
+from app.api.tgi import router as tgi
 from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, Settings
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
 from app.core.rate_limit import RateLimiter
 from app.core.security import ApiKeys
-from app.llm.runtime import ModelLoader, ModelRuntime
+from app.model.runtime import ModelRuntime, ServingModelFactory, load_serving_model
 from app.services.generation import Completion, GenerationPolicy
 from app.services.sessions import SessionStore
 
@@ -31,18 +35,20 @@ FatalHandler = Callable[[str], None]
 
 
 def create_app(
-    settings: Settings, on_fatal: FatalHandler | None = None, model_loader: ModelLoader | None = None
+    settings: Settings,
+    on_fatal: FatalHandler | None = None,
+    serving_model: ServingModelFactory = load_serving_model,
 ) -> FastAPI:
     """Build an app for these settings. The model loads in the background once it starts;
-    `on_fatal` is told (once, with one line) if it cannot be loaded. `model_loader` replaces
-    app.llm.loader.load_model (tests use it to hold the loading state)."""
+    `on_fatal` is told (once, with one line) if it cannot be loaded. `serving_model` builds
+    the engine (tests pass a scripted fake, or hold the real one to watch the loading state)."""
 
     policy = _build_policy(settings)
     llm_metrics = policy.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = ModelRuntime(settings, model_loader, on_batch=llm_metrics.observe_batch)
+        runtime = ModelRuntime(settings, serving_model, on_batch=llm_metrics.observe_batch)
         sessions = SessionStore(settings.chat_history)
         app.state.runtime = runtime
         app.state.sessions = sessions
@@ -77,10 +83,10 @@ def create_app(
     )
     install_error_handlers(app)
     protected = [Depends(guard)]
-    for module in (generate, chat, openai, responses, models, tgi, status):
+    for module in (native, openai, responses, tgi, system):
         app.include_router(module.router, dependencies=protected)
-    app.include_router(health.router)
-    app.include_router(metrics.router, dependencies=protected if settings.security.protect_metrics else [])
+    app.include_router(system.health_router)
+    app.include_router(system.metrics_router, dependencies=protected if settings.security.protect_metrics else [])
     Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, access_log=settings.logging.access_log)

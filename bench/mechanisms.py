@@ -26,9 +26,9 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 
 from app.core.config import EngineSettings, ModelSettings
-from app.llm.engine import BatchingEngine
-from app.llm.loader import LoadedModel, load_model
-from app.llm.types import GenerationRequest, SamplingParams
+from app.engine.batching import BatchingEngine
+from app.engine.types import GenerationRequest, LoadedModel, SamplingParams
+from app.model.loader import load_model
 from bench.run import PROMPT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def measure(
 
 
 def on_own_thread(work: Callable[[], T]) -> T:
-    """Torch work on a thread that ends with it, as the server loads its model (see app.llm.runtime):
+    """Torch work on a thread that ends with it, as the server loads its model (see app.model.runtime):
     OpenMP workers of a finished mechanism must not slow down the next one."""
     results: list[T] = []
     thread = threading.Thread(target=lambda: results.append(work()))

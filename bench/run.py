@@ -173,7 +173,7 @@ class BareGenerate:
 
     def __init__(self, dtype: str, onednn: bool) -> None:
         from app.core.config import ModelSettings
-        from app.llm.loader import load_model
+        from app.model.loader import load_model
         from bench.mechanisms import MODEL_DIR
 
         self._loaded = load_model(ModelSettings(name=str(MODEL_DIR), dtype=dtype, cpu_onednn_linear=onednn), None)

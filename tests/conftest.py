@@ -20,12 +20,20 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.config import Settings, load_settings
-from app.llm.prepare import prepare
-from app.llm.runtime import ModelLoader
 from app.main import create_app
+from app.model.runtime import ServingModelFactory, load_serving_model
+from app.prepare.prepare import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder: `-m unit`, `-m api`, `-m e2e`."""
+    for item in items:
+        layer = Path(item.path).parent.name
+        if layer in {"unit", "api", "e2e"}:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +61,10 @@ class LiveServer:
     def __init__(
         self,
         settings: Settings,
-        model_loader: ModelLoader | None = None,
+        serving_model: ServingModelFactory = load_serving_model,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
-        self.app = create_app(settings, on_fatal=on_fatal, model_loader=model_loader)
+        self.app = create_app(settings, on_fatal=on_fatal, serving_model=serving_model)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from app.core.cache import ResponseCache
 from app.core.config import Settings
 from app.core.metrics import LLMMetrics
-from app.llm.runtime import ModelRuntime, ReadyModel
+from app.model.runtime import ModelRuntime, ReadyModel
 from app.services.chat import ChatService
 from app.services.generation import Completion, GenerationPolicy, GenerationService
 from app.services.sessions import SessionStore

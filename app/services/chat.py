@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from app.llm.chat_format import PromptBuilder
-from app.llm.types import ChatMessage, SamplingParams
+from app.engine.types import ChatMessage, SamplingParams
+from app.model.chat_format import PromptBuilder
 from app.services.generation import Completion, GenerationRun, GenerationService
 from app.services.sessions import SessionStore
 

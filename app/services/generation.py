@@ -20,7 +20,7 @@ from app.core.cache import Flight, ResponseCache
 from app.core.errors import ServiceError
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
-from app.llm.types import Engine, FinishReason, GenerationChunk, GenerationRequest, SamplingParams
+from app.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest, SamplingParams
 
 logger = logging.getLogger("app.generation")
 

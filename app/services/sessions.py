@@ -11,7 +11,7 @@ from cachetools import TTLCache
 
 from app.core.config import ChatHistorySettings
 from app.core.errors import SessionNotFound
-from app.llm.types import ChatMessage
+from app.engine.types import ChatMessage
 
 
 @dataclass(eq=False)

@@ -1,0 +1,1 @@
+"""The native API (/v1/generate, /v1/chat, chat sessions): router, request/response models, SSE encoder."""

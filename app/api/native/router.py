@@ -1,0 +1,116 @@
+"""The native API: POST /v1/generate, POST /v1/chat and the session resource
+GET/DELETE /v1/chat/sessions/{session_id}."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+
+from app.api.dependencies import (
+    ChatServiceDep,
+    GenerationServiceDep,
+    ReadyModelDep,
+    RequestIdDep,
+    SessionsDep,
+    SettingsDep,
+)
+from app.api.guard import CallerNameDep
+from app.api.native.models import (
+    SESSION_ID_PATTERN,
+    ChatMessageOut,
+    ChatRequest,
+    ChatResponse,
+    GenerateRequest,
+    GenerateResponse,
+    SessionResponse,
+    Usage,
+)
+from app.api.native.stream import respond
+from app.services.generation import Completion
+
+router = APIRouter(tags=["native"])
+
+
+@router.post("/v1/generate", response_model=GenerateResponse)
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    ready: ReadyModelDep,
+    generation: GenerationServiceDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Any:
+    body.check_prompt_size(settings.security.max_prompt_chars)
+    prompt = generation.check_input(body.prompt, "prompt")
+    prompt_ids = await asyncio.to_thread(ready.prompts.encode_prompt, prompt)  # long prompts: off the loop
+    run = generation.start(request_id, prompt_ids, body.to_sampling_params(settings.model), log_prompt=prompt)
+
+    def build(completion: Completion) -> GenerateResponse:
+        return GenerateResponse(
+            generated_text=completion.text,
+            prompt=prompt,
+            model=ready.info.served_name,
+            tokens_generated=completion.completion_tokens,
+            finish_reason=completion.finish_reason,
+            cached=completion.cached,
+            usage=Usage.of(completion),
+            request_id=request_id,
+        )
+
+    return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
+
+
+SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+
+
+@router.post("/v1/chat", response_model=ChatResponse)
+async def chat(
+    body: ChatRequest,
+    request: Request,
+    chat_service: ChatServiceDep,
+    ready: ReadyModelDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+    caller: CallerNameDep,
+) -> Any:
+    body.check_prompt_size(settings.security.max_prompt_chars)
+    messages = chat_service.check_messages([m.to_message() for m in body.messages])
+    run = await chat_service.start_turn(
+        request_id,
+        messages,
+        body.to_sampling_params(settings.model),
+        session_id=body.session_id,
+        owner=caller,
+    )
+
+    def build(completion: Completion) -> ChatResponse:
+        return ChatResponse(
+            message=ChatMessageOut(role="assistant", content=completion.text),
+            model=ready.info.served_name,
+            tokens_generated=completion.completion_tokens,
+            finish_reason=completion.finish_reason,
+            cached=completion.cached,
+            session_id=body.session_id,
+            usage=Usage.of(completion),
+            request_id=request_id,
+        )
+
+    return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
+
+
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse)
+async def read_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> SessionResponse:
+    session = sessions.get(session_id, owner=caller)
+    return SessionResponse(
+        session_id=session.session_id,
+        messages=[ChatMessageOut(role=m.role, content=m.content) for m in session.messages],
+        expires_at=sessions.expires_at(session),
+    )
+
+
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> Response:
+    sessions.delete(session_id, owner=caller)
+    return Response(status_code=204)

@@ -1,0 +1,102 @@
+"""The OpenAI API over the service layer: POST /v1/chat/completions, /v1/completions, and the
+model list GET /v1/models[/{model_id}], which is the one served model."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api.collect import collect_all, mark_cache_result
+from app.api.dependencies import (
+    ChatServiceDep,
+    GenerationServiceDep,
+    ReadyModelDep,
+    RequestIdDep,
+    RuntimeDep,
+    SettingsDep,
+)
+from app.api.errors import OpenAIRoute
+from app.api.openai.build import ChatChunks, CompletionChunks, chat_completion, text_completion
+from app.api.openai.models import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    ResponseHead,
+    TextCompletion,
+)
+from app.api.openai.stream import openai_sse
+from app.core.errors import ModelNotFound
+from app.model.runtime import ModelRuntime
+from app.services.runs import RunStarter, start_chat_run, start_prompt_run, start_runs
+
+router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    chat_service: ChatServiceDep,
+    ready: ReadyModelDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Any:
+    body.check_prompt_size(settings.security.max_prompt_chars)
+    messages = chat_service.check_messages(body.to_messages())
+    starters: list[RunStarter] = [
+        partial(start_chat_run, chat_service, messages=messages, params=params)
+        for params in body.choice_params(settings.model)
+    ]
+    runs = await start_runs(starters, request_id)
+    mark_cache_result(request, all(run.cached for run in runs))
+    head = ResponseHead.new("chatcmpl-", ready.info.served_name)
+    if body.stream:
+        return openai_sse(runs, ChatChunks(head, body.n), body.include_usage, settings.engine.sse_ping_s)
+    return chat_completion(head, await collect_all(runs, request), body.n)
+
+
+@router.post("/v1/completions", response_model=TextCompletion)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    ready: ReadyModelDep,
+    generation: GenerationServiceDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Any:
+    body.check_prompt_size(settings.security.max_prompt_chars)
+    body = body.model_copy(update={"prompt": [generation.check_input(p, "prompt") for p in body.prompts]})
+    choice_params = body.choice_params(settings.model)
+    starters: list[RunStarter] = [
+        partial(start_prompt_run, generation, ready.prompts, prompt=prompt, params=params)
+        for prompt in body.prompts
+        for params in choice_params
+    ]
+    runs = await start_runs(starters, request_id)
+    mark_cache_result(request, all(run.cached for run in runs))
+    head = ResponseHead.new("cmpl-", ready.info.served_name)
+    if body.stream:
+        chunks = CompletionChunks(head, body.prompts, body.n, body.echo)
+        return openai_sse(runs, chunks, body.include_usage, settings.engine.sse_ping_s)
+    return text_completion(head, body.prompts, await collect_all(runs, request), body.n, body.echo)
+
+
+def _card(runtime: ModelRuntime) -> ModelCard:
+    return ModelCard(id=runtime.served_name, created=int(runtime.started_at), owned_by="llm-fastapi-service")
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(runtime: RuntimeDep) -> ModelList:
+    return ModelList(data=[_card(runtime)])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
+    if model_id != runtime.served_name:
+        raise ModelNotFound(f"the model '{model_id}' does not exist; this server serves '{runtime.served_name}'",
+                            param="model")  # fmt: skip
+    return _card(runtime)

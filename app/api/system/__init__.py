@@ -1,0 +1,1 @@
+"""The operator's routes: health probes, /status and /metrics."""

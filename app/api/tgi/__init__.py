@@ -1,0 +1,1 @@
+"""Text Generation Inference's API (/generate, /generate_stream, /info, /tokenize): router, models, stream."""

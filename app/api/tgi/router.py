@@ -1,0 +1,105 @@
+"""The Text Generation Inference API: POST /generate, /generate_stream and / (either), GET /info."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse
+
+from app import __version__
+from app.api.collect import collect_unless_disconnected
+from app.api.dependencies import GenerationServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
+from app.api.tgi.models import TGICompatRequest, TGIDetails, TGIInfo, TGIRequest, TGIResponse
+from app.api.tgi.stream import tgi_sse
+from app.core.config import Settings
+from app.model.runtime import ReadyModel
+from app.services.generation import GenerationRun, GenerationService
+from app.services.runs import start_prompt_run
+
+router = APIRouter(tags=["tgi"])
+
+_Request = TypeVar("_Request", bound=TGIRequest)
+
+
+async def _start(
+    body: TGIRequest, ready: ReadyModel, generation: GenerationService, settings: Settings, request_id: str
+) -> GenerationRun:
+    """`body.inputs` must already be checked (see `_checked`)."""
+    params = body.parameters.to_sampling_params(settings.model)
+    return await start_prompt_run(generation, ready.prompts, request_id, body.inputs, params)
+
+
+def _checked(body: _Request, generation: GenerationService, settings: Settings) -> _Request:
+    """The request as the model may see it: size-checked, PII redacted (full text echoes that)."""
+    body.check_prompt_size(settings.security.max_prompt_chars)
+    return body.model_copy(update={"inputs": generation.check_input(body.inputs, "inputs")})
+
+
+async def _whole(body: TGIRequest, run: GenerationRun, request: Request) -> TGIResponse:
+    completion = await collect_unless_disconnected(run, request)
+    params = body.parameters
+    details = TGIDetails(
+        finish_reason=params.finish_reason(completion.finish_reason),
+        generated_tokens=completion.completion_tokens,
+        seed=params.seed,
+    )
+    prefix = body.inputs if params.return_full_text else ""
+    return TGIResponse(generated_text=prefix + completion.text, details=details if params.details else None)
+
+
+@router.post("/generate", response_model=TGIResponse, response_model_exclude_none=True)
+async def generate(
+    body: TGIRequest,
+    request: Request,
+    ready: ReadyModelDep,
+    generation: GenerationServiceDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> TGIResponse:
+    body = _checked(body, generation, settings)
+    return await _whole(body, await _start(body, ready, generation, settings, request_id), request)
+
+
+@router.post("/generate_stream", response_class=EventSourceResponse)
+async def generate_stream(
+    body: TGIRequest,
+    ready: ReadyModelDep,
+    generation: GenerationServiceDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> EventSourceResponse:
+    body = _checked(body, generation, settings)
+    return tgi_sse(await _start(body, ready, generation, settings, request_id), body, settings.engine.sse_ping_s)
+
+
+@router.post("/", response_model=list[TGIResponse], response_model_exclude_none=True)
+async def compat_generate(
+    body: TGICompatRequest,
+    request: Request,
+    ready: ReadyModelDep,
+    generation: GenerationServiceDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Any:
+    """TGI's compatibility route (huggingface_hub's InferenceClient posts here): a list of one
+    response, or the stream of /generate_stream."""
+    body = _checked(body, generation, settings)
+    run = await _start(body, ready, generation, settings, request_id)
+    if body.stream:
+        return tgi_sse(run, body, settings.engine.sse_ping_s)
+    return [await _whole(body, run, request)]
+
+
+@router.get("/info", response_model=TGIInfo)
+async def info(ready: ReadyModelDep, settings: SettingsDep) -> TGIInfo:
+    context = ready.info.context_length
+    return TGIInfo(
+        model_id=ready.info.served_name,
+        model_dtype=ready.info.dtype,
+        model_device_type=ready.info.device,
+        max_concurrent_requests=settings.engine.max_queue,
+        max_input_tokens=context - 1,
+        max_total_tokens=context,
+        version=__version__,
+    )

@@ -1,0 +1,1 @@
+"""The inference engine: queue, continuous-batching scheduler, KV cache, sampling, stops, detokenising. No FastAPI."""

