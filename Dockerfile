@@ -54,14 +54,18 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # torch first, in its own layer (large, rarely changes). The version must
 # satisfy pyproject.toml's pin (torch==2.13.0); the index's local build
-# (2.13.0+cpu, 2.13.0+cu128) does, so `pip install .` below keeps it.
+# (2.13.0+cpu, 2.13.0+cu128) does. Its CUDA libraries come with the cu* wheels.
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
-# The project itself (non-editable: the app package ends up in /opt/venv).
+# Exactly the locked versions (hash-checked; exported from poetry.lock by
+# `make lock`), then the project itself without resolving anything again.
 WORKDIR /build
+COPY requirements-runtime.lock ./
+RUN pip install --no-deps --require-hashes -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install . \
+RUN pip install --no-deps . \
+    && pip check \
     && python -P -c "import torch, app.main; print('torch', torch.__version__)"
 
 # --------------------------------------------------------------------------- #

@@ -30,11 +30,13 @@ $(STAMP): requirements.lock pyproject.toml
 # `make lock POETRY_LOCK_ARGS=--regenerate` to take the newest), then export it.
 POETRY ?= poetry
 POETRY_LOCK_ARGS ?=
+# requirements.lock: everything `make install` puts in .venv (dev tools included);
+# requirements-runtime.lock: the server alone, for the Docker image.
+CUDA_ONLY := awk '/^[A-Za-z0-9]/ { skip = ($$0 ~ /^(torch|triton|nvidia-|cuda-)/) } !skip'
 lock:
 	$(POETRY) lock $(POETRY_LOCK_ARGS)
-	$(POETRY) export --all-extras --format requirements.txt --output requirements.lock.tmp
-	awk '/^[A-Za-z0-9]/ { skip = ($$0 ~ /^(torch|triton|nvidia-|cuda-)/) } !skip' requirements.lock.tmp > requirements.lock
-	rm requirements.lock.tmp
+	$(POETRY) export --all-extras --format requirements.txt | $(CUDA_ONLY) > requirements.lock
+	$(POETRY) export --format requirements.txt | $(CUDA_ONLY) > requirements-runtime.lock
 
 model: $(STAMP)
 	$(BIN)/python -m app.prepare $(MODEL) --models-dir $(MODELS_DIR)

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;(?P<marker>[^\\]*))?")
 
 
-def _requirements_lock() -> dict[str, tuple[str, str | None]]:
+def _requirements_lock(name: str = "requirements.lock") -> dict[str, tuple[str, str | None]]:
     pins: dict[str, tuple[str, str | None]] = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (ROOT / name).read_text().splitlines():
         match = PIN.match(line)
         if match:
             marker = match["marker"].strip() if match["marker"] else None
@@ -71,3 +71,11 @@ def test_requirements_lock_is_exported_from_poetry_lock() -> None:
     cuda_only = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
     missing = sorted(name for name in poetry if name not in pins and not cuda_only.match(name))
     assert not missing, f"in poetry.lock but not exported: {missing}; run `make lock`"
+
+
+def test_the_runtime_lock_is_the_same_versions_without_the_dev_tools() -> None:
+    """The Docker image installs requirements-runtime.lock: the server's packages, same versions."""
+    everything = _requirements_lock()
+    runtime = _requirements_lock("requirements-runtime.lock")
+    assert {name: everything.get(name) for name in runtime} == runtime
+    assert "fastapi" in runtime and "pytest" not in runtime and "schemathesis" not in runtime
