@@ -1,0 +1,1 @@
+"""`make bench`: the server under concurrent streamed clients, and the batching mechanisms in-process."""

@@ -1,1 +1,1 @@
-"""HTTP layer: routers, schemas, dependencies, middleware. No torch here."""
+"""HTTP only: shared dependencies, guard, middleware, SSE, error mapping; one package per protocol. No torch."""

@@ -1,1 +1,1 @@
-"""Cross-cutting concerns: config, errors, logging, request ids."""
+"""Cross-cutting: config, domain errors, JSON logs, metrics, request ids, API keys, rate limits, cache, PII."""
