@@ -6,18 +6,11 @@ import sys
 
 import uvicorn
 
-from app.core.config import ConfigError, load_settings
-from app.core.logging import configure_logging
-from app.main import create_app
+from app.main import create_app, serving_settings
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.logging.level)
+    settings = serving_settings()
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -13,14 +17,15 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.guard import Gatekeeper, guard
-from app.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware, RequestContextMiddleware
 from app.api.native import router as native
 from app.api.openai import router as openai
 from app.api.responses import router as responses
 from app.api.system import router as system
 from app.api.tgi import router as tgi
 from app.core.cache import ResponseCache
-from app.core.config import PII_ENTITIES, Settings
+from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
+from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
 from app.core.rate_limit import RateLimiter
@@ -35,14 +40,20 @@ FatalHandler = Callable[[str], None]
 
 
 def create_app(
-    settings: Settings,
+    settings: Settings | None = None,
     on_fatal: FatalHandler | None = None,
     serving_model: ServingModelFactory = load_serving_model,
 ) -> FastAPI:
     """Build an app for these settings. The model loads in the background once it starts;
     `on_fatal` is told (once, with one line) if it cannot be loaded. `serving_model` builds
-    the engine (tests pass a scripted fake, or hold the real one to watch the loading state)."""
+    the engine (tests pass a scripted fake, or hold the real one to watch the loading state).
 
+    With no settings (`uvicorn --factory app.main:create_app`) it prepares the process as
+    `python -m app` does: settings from config and environment, JSON logging, and a model
+    that cannot be loaded ends the process."""
+    if settings is None:
+        settings = serving_settings()
+        on_fatal = on_fatal or _end_process
     policy = _build_policy(settings)
     llm_metrics = policy.metrics
 
@@ -89,8 +100,53 @@ def create_app(
     app.include_router(system.metrics_router, dependencies=protected if settings.security.protect_metrics else [])
     Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
+    if not settings.security.api_keys and not settings.security.allow_unauthenticated:
+        # uvicorn's or fastapi's own --host can bind wider than app.host; an open server still
+        # answers only on this machine's loopback addresses.
+        app.add_middleware(LoopbackOnlyMiddleware)
     app.add_middleware(RequestContextMiddleware, access_log=settings.logging.access_log)
     return app
+
+
+def serving_settings() -> Settings:
+    """Settings for a process about to serve, with JSON logging set up; a bad configuration
+    ends the process with one line on stderr and status 2."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        # Logging is not set up yet (its level is part of the configuration): one plain line.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.logging.level)
+    return settings
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app` for `uvicorn app.main:app` and `fastapi run app/main.py`, built on first use,
+    so that importing this module reads no configuration and touches no logging."""
+    if name == "app":
+        served = _served_app()
+        # A CLI may set up its own logging between finding the app and serving it (fastapi-cli
+        # hands uvicorn a log config): each look-up puts the JSON lines back.
+        configure_logging(served.state.settings.logging.level)
+        return served
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # fastapi-cli looks for the app among the module's names before getting it.
+    return sorted({*globals(), "app"})
+
+
+@functools.cache
+def _served_app() -> FastAPI:
+    return create_app()
+
+
+def _end_process(message: str) -> None:
+    # Under uvicorn's own CLI nothing else holds the server: SIGTERM makes it shut down
+    # cleanly and exit non-zero, as `python -m app` does when the model cannot be loaded.
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _build_policy(settings: Settings) -> GenerationPolicy:

@@ -7,7 +7,11 @@ starts; the session fixture prepares it too when pytest is run on its own.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +52,7 @@ def make_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
     return load_settings(config_file=ROOT / "config.yml", env_file=None, model=model, **sections)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -65,7 +69,7 @@ class LiveServer:
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.app = create_app(settings, on_fatal=on_fatal, serving_model=serving_model)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
         self._server = uvicorn.Server(config)
@@ -95,6 +99,85 @@ class LiveServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
+
+
+def served_env(model_dir: Path, **variables: str) -> dict[str, str]:
+    """Environment of a server run as its own process: the repository's config, the given
+    model, and this checkout's `app` on the path (not whichever copy is installed)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CONFIG_FILE": str(ROOT / "config.yml"),
+        "MODEL__NAME": str(model_dir),
+        "MODEL__SYSTEM_PROMPT_FILE": str(ROOT / "prompts" / "system.txt"),
+        **variables,
+    }
+
+
+class ServedProcess:
+    """The server as its own process (`python -m app`, uvicorn's CLI, ...), started in `workdir`
+    (so no .env of the checkout is read); stdout and stderr are kept apart, in files."""
+
+    def __init__(self, command: list[str], env: dict[str, str], workdir: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self._stdout = workdir / "stdout.log"
+        self._stderr = workdir / "stderr.log"
+        with self._stdout.open("w") as stdout, self._stderr.open("w") as stderr:
+            self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=stdout, stderr=stderr)
+
+    def wait_healthy(self, timeout_s: float = 120) -> ServedProcess:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            healthy = poll(lambda: self.process.poll() is not None or _health(client) == 200, timeout_s=timeout_s)
+        if not healthy or self.process.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"server did not become healthy:\n{self.output()}")
+        return self
+
+    def client(self, timeout_s: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig`, wait for the process to end, and return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def stdout_lines(self) -> list[str]:
+        return self._stdout.read_text(encoding="utf-8").splitlines()
+
+    def stderr_lines(self) -> list[str]:
+        return self._stderr.read_text(encoding="utf-8").splitlines()
+
+    def output(self) -> str:
+        return "\n".join([*self.stdout_lines(), *self.stderr_lines()])
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every line of stdout and stderr as the JSON object it must be (fails on any other line)."""
+        return json_records([*self.stdout_lines(), *self.stderr_lines()])
+
+
+def json_records(lines: list[str]) -> list[dict[str, Any]]:
+    """Each line parsed as one JSON object; fails naming the first line that is not one."""
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise AssertionError(f"not a JSON line: {line!r} in:\n" + "\n".join(lines)) from None
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+def _health(client: httpx.Client) -> int:
+    try:
+        return client.get("/health").status_code
+    except httpx.TransportError:
+        return 0
 
 
 @pytest.fixture(scope="session")

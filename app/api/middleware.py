@@ -1,7 +1,8 @@
-"""Pure-ASGI middleware: request ids, timing, access log, body-size cap."""
+"""Pure-ASGI middleware: request ids, timing, access log, body-size cap, loopback-only access."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -11,10 +12,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_body
-from app.core.errors import PayloadTooLarge
+from app.core.config import is_loopback
+from app.core.errors import PayloadTooLarge, ServiceError
 from app.core.request_context import accept_or_make_request_id, request_id_var
+from app.core.security import RemoteAccessRefused
 
 access_logger = logging.getLogger("app.access")
+logger = logging.getLogger("app.middleware")
 
 
 class RequestContextMiddleware:
@@ -101,13 +105,56 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        payload: dict[str, Any] = error_body(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
-        data = json.dumps(payload).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        await send_error(send, PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
+
+
+class LoopbackOnlyMiddleware:
+    """Answers 403 to requests that reached this machine on a non-loopback address.
+
+    For a server with no API key, bound wider than `app.host` allows (uvicorn's or fastapi's
+    own `--host`): the socket's own address is the one the client connected to, so a
+    client on this machine is served and one elsewhere is not.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server and _is_remote_address(str(server[0])):
+            logger.warning(
+                "refused a request on a non-loopback address: no API key is configured",
+                extra={"address": server[0]},
+            )
+            await send_error(
+                send,
+                RemoteAccessRefused(
+                    "this server has no API key and answers only on loopback addresses; "
+                    "set security.api_keys or security.allow_unauthenticated"
+                ),
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_remote_address(host: str) -> bool:
+    # Servers report the socket's IP address; only in-process test clients put a name here.
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not is_loopback(host)
+
+
+async def send_error(send: Send, exc: ServiceError) -> None:
+    """Answer with the JSON error body from below the app, where no exception handler runs."""
+    payload: dict[str, Any] = error_body(exc)
+    data = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status_code,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})

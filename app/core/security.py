@@ -25,6 +25,15 @@ class Unauthorized(ServiceError):
         return {**super().response_headers(), "WWW-Authenticate": 'Bearer realm="llm-fastapi-service"'}
 
 
+class RemoteAccessRefused(ServiceError):
+    """A server with no API key reached through a non-loopback address."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "remote_access_refused"
+    reject_reason = "auth"
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller. Only the name ever reaches logs, metrics and session owners."""

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from app.core.config import Settings
 from app.engine.types import BatchObserver
 from app.model.runtime import ModelRuntime, ModelState, ReadyModel, load_serving_model
-from tests.conftest import ROOT, LiveServer, assert_error, make_settings, poll
+from tests.conftest import LiveServer, ServedProcess, assert_error, free_port, make_settings, poll, served_env
 
 
 def test_loading_answers_503_then_healthy(model_dir: Path) -> None:
@@ -75,21 +70,8 @@ def test_failed_load_reports_unhealthy_with_the_reason(tmp_path: Path) -> None:
         live.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_process_exits_non_zero_with_one_line_and_no_secret(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "CONFIG_FILE": str(ROOT / "config.yml"),
-        "MODEL__NAME": str(tmp_path / "no-such-model"),
-        "APP__PORT": str(_free_port()),
-        "HUGGINGFACE_TOKEN": "hf_topsecret_value",
-    }
+    env = served_env(tmp_path / "no-such-model", APP__PORT=str(free_port()), HUGGINGFACE_TOKEN="hf_topsecret_value")
     result = subprocess.run(
         [sys.executable, "-m", "app"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
@@ -102,48 +84,26 @@ def test_process_exits_non_zero_with_one_line_and_no_secret(tmp_path: Path) -> N
 
 
 def test_served_process_logs_json_lines_with_request_ids_and_no_prompts(model_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CONFIG_FILE": str(ROOT / "config.yml"),
-        "MODEL__NAME": str(model_dir),
-        "MODEL__SYSTEM_PROMPT_FILE": str(ROOT / "prompts" / "system.txt"),
-        "APP__PORT": str(port),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    port = free_port()
+    served = ServedProcess([sys.executable, "-m", "app"], served_env(model_dir, APP__PORT=str(port)), tmp_path, port)
     secret_prompt = "zebra-quokka-77 tell me a story"
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            assert poll(lambda: _health(client) == 200, timeout_s=120)
+        served.wait_healthy()
+        with served.client() as client:
             response = client.post(
                 "/v1/generate", json={"prompt": secret_prompt, "max_tokens": 3}, headers={"X-Request-ID": "trace-me-1"}
             )
             assert response.status_code == 200
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        returncode = served.stop(signal.SIGTERM)
     # uvicorn re-raises the caught SIGTERM once shutdown is complete
-    assert process.returncode in (0, -signal.SIGTERM), output
-    assert "Application shutdown complete." in output
-    records = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
+    assert returncode in (0, -signal.SIGTERM), served.output()
+    records = served.records()
+    assert "Application shutdown complete." in {r["message"] for r in records}
     assert all({"ts", "level", "logger", "message", "request_id"} <= set(r) for r in records)
     traced = [r for r in records if r["request_id"] == "trace-me-1"]
     assert {r["message"] for r in traced} >= {"request", "generation finished"}
-    assert "zebra-quokka" not in output
-
-
-def _health(client: httpx.Client) -> int:
-    try:
-        return client.get("/health").status_code
-    except httpx.TransportError:
-        return 0
+    assert "zebra-quokka" not in served.output()
 
 
 def test_the_model_is_loaded_on_a_thread_that_has_ended_when_serving_starts(model_dir: Path) -> None:

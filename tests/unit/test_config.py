@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.config import ConfigError, load_settings
+from app.core.config import ConfigError, is_loopback, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_repository_config_and_env_example_agree() -> None:
 
 
 def test_server_refuses_invalid_config_with_one_line(tmp_path: Path) -> None:
-    env = {**os.environ, "MODEL__DTYPE": "float8", "CONFIG_FILE": str(ROOT / "config.yml")}
+    env = {**os.environ, "MODEL__DTYPE": "float8", "CONFIG_FILE": str(ROOT / "config.yml"), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "app"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
@@ -114,3 +114,15 @@ def test_server_refuses_invalid_config_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "model.dtype" in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("localhost", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 peer as a dual-stack socket reports it
+        ("0.0.0.0", False), ("::", False), ("192.0.2.7", False), ("::ffff:192.0.2.7", False), ("example.org", False),
+    ],
+)  # fmt: skip
+def test_loopback_addresses(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
