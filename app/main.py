@@ -88,7 +88,7 @@ def create_app(
     app.include_router(system.health_router)
     app.include_router(system.metrics_router, dependencies=protected if settings.security.protect_metrics else [])
     Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes, metrics=llm_metrics)
     app.add_middleware(RequestContextMiddleware, access_log=settings.logging.access_log)
     return app
 

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from app.core.cache import Flight, ResponseCache
-from app.core.errors import ServiceError
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
 from app.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest, SamplingParams
@@ -70,7 +69,9 @@ class GenerationRun:
     """One admitted generation. Iterate it for text deltas; afterwards `completion` is set.
 
     `on_success` callbacks run before the iteration ends, so a chat turn is committed before
-    the client hears "done"; closing the run early aborts the generation and commits nothing.
+    the client hears "done"; closing the run early aborts the generation and commits nothing,
+    and counts as `cancelled` in llm_requests_rejected_total. An error raised by the run is
+    counted where it is answered (app.api), not here.
     """
 
     def __init__(
@@ -116,10 +117,8 @@ class GenerationRun:
                         await callback(completion)
                     self.completion = completion
                     self._log(completion, time.perf_counter() - started)
-        except ServiceError as error:
-            self._failed = True
-            if self._metrics is not None:
-                self._metrics.reject_error(error)
+        except Exception:
+            self._failed = True  # a failure, not a client that left
             raise
         finally:
             await self.aclose()

@@ -55,7 +55,7 @@ async def chat_completions(
     mark_cache_result(request, all(run.cached for run in runs))
     head = ResponseHead.new("chatcmpl-", ready.info.served_name)
     if body.stream:
-        return openai_sse(runs, ChatChunks(head, body.n), body.include_usage, settings.engine.sse_ping_s)
+        return openai_sse(runs, ChatChunks(head, body.n), body.include_usage, request, settings.engine.sse_ping_s)
     return chat_completion(head, await collect_all(runs, request), body.n)
 
 
@@ -81,7 +81,7 @@ async def completions(
     head = ResponseHead.new("cmpl-", ready.info.served_name)
     if body.stream:
         chunks = CompletionChunks(head, body.prompts, body.n, body.echo)
-        return openai_sse(runs, chunks, body.include_usage, settings.engine.sse_ping_s)
+        return openai_sse(runs, chunks, body.include_usage, request, settings.engine.sse_ping_s)
     return text_completion(head, body.prompts, await collect_all(runs, request), body.n, body.echo)
 
 

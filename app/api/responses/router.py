@@ -34,5 +34,5 @@ async def create_response(
     head = ResponseHead.new("resp_", ready.info.served_name)
     message_id = f"msg_{uuid.uuid4().hex}"
     if body.stream:
-        return responses_sse(run, ResponseEvents(head, message_id, body), settings.engine.sse_ping_s)
+        return responses_sse(run, ResponseEvents(head, message_id, body), request, settings.engine.sse_ping_s)
     return response_object(head, message_id, body, await collect_unless_disconnected(run, request))

@@ -64,13 +64,15 @@ async def generate(
 @router.post("/generate_stream", response_class=EventSourceResponse)
 async def generate_stream(
     body: TGIRequest,
+    request: Request,
     ready: ReadyModelDep,
     generation: GenerationServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> EventSourceResponse:
     body = _checked(body, generation, settings)
-    return tgi_sse(await _start(body, ready, generation, settings, request_id), body, settings.engine.sse_ping_s)
+    run = await _start(body, ready, generation, settings, request_id)
+    return tgi_sse(run, body, request, settings.engine.sse_ping_s)
 
 
 @router.post("/", response_model=list[TGIResponse], response_model_exclude_none=True)
@@ -87,7 +89,7 @@ async def compat_generate(
     body = _checked(body, generation, settings)
     run = await _start(body, ready, generation, settings, request_id)
     if body.stream:
-        return tgi_sse(run, body, settings.engine.sse_ping_s)
+        return tgi_sse(run, body, request, settings.engine.sse_ping_s)
     return [await _whole(body, run, request)]
 
 
