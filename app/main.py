@@ -106,6 +106,7 @@ def _build_policy(settings: Settings) -> GenerationPolicy:
         cache_deterministic_only=settings.cache.deterministic_only,
         log_prompts=settings.logging.log_prompts,
         flight_patience_s=settings.engine.queue_timeout_s + settings.engine.request_timeout_s,
+        max_prompt_chars=settings.security.max_prompt_chars,
     )
 
 
