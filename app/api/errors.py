@@ -1,7 +1,4 @@
-"""The one mapping from exceptions to the JSON error body and status every client sees.
-
-It is also where a rejection is counted (llm_requests_rejected_total), once, as it is answered;
-the SSE streams count the failures they tell after their response began (app.api.sse)."""
+"""The one mapping from exceptions to the JSON error body and status, counting each rejection it answers."""
 
 from __future__ import annotations
 

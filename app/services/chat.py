@@ -1,6 +1,4 @@
-"""Chat turns: checked messages (after a session's stored history) -> one prompt -> a run per choice.
-
-With a session the turn is committed only on success."""
+"""Chat turns: checked messages (after a session's history) -> one prompt -> a run per choice; committed on success."""
 
 from __future__ import annotations
 
