@@ -1,8 +1,11 @@
-"""GET /status: a typed body (documented in the OpenAPI schema) that tells what runs and what is in force."""
+"""GET /status: a typed body (in the OpenAPI schema) telling what runs and is in force; probes open to all."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+
+from tests.api.conftest import fake_settings, running_app
+from tests.fakes import ScriptedEngine
 
 SECTIONS = [
     "status",
@@ -37,3 +40,11 @@ def test_status_body_is_in_the_openapi_schema(api: TestClient) -> None:
     ok = schema["paths"]["/status"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/StatusResponse"}
     assert list(schema["components"]["schemas"]["StatusResponse"]["properties"]) == SECTIONS
+
+
+def test_probes_need_no_key_but_status_does(engine: ScriptedEngine) -> None:
+    with running_app(engine, fake_settings(security={"api_keys": ["a-long-enough-key"]})) as (_, client):
+        assert client.get("/health").status_code == 200
+        assert client.get("/health/live").json() == {"status": "alive"}
+        assert client.get("/status").status_code == 401
+        assert client.get("/status", headers={"X-API-Key": "a-long-enough-key"}).status_code == 200
