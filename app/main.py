@@ -99,7 +99,7 @@ def create_app(
     app.include_router(system.health_router)
     app.include_router(system.metrics_router, dependencies=protected if settings.security.protect_metrics else [])
     Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes, metrics=llm_metrics)
     if not settings.security.api_keys and not settings.security.allow_unauthenticated:
         # uvicorn's or fastapi's own --host can bind wider than app.host; an open server still
         # answers only on this machine's loopback addresses.
@@ -162,6 +162,7 @@ def _build_policy(settings: Settings) -> GenerationPolicy:
         cache_deterministic_only=settings.cache.deterministic_only,
         log_prompts=settings.logging.log_prompts,
         flight_patience_s=settings.engine.queue_timeout_s + settings.engine.request_timeout_s,
+        max_prompt_chars=settings.security.max_prompt_chars,
     )
 
 

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.core.cache import ResponseCache
 from app.core.config import Settings
 from app.core.metrics import LLMMetrics
 from app.model.runtime import ModelRuntime, ReadyModel
 from app.services.chat import ChatService
-from app.services.generation import Completion, GenerationPolicy, GenerationService
+from app.services.completion import CompletionService
+from app.services.generation import GenerationPolicy, GenerationService
 from app.services.sessions import SessionStore
 
 
@@ -39,10 +39,6 @@ def get_metrics(request: Request) -> LLMMetrics:
     return get_policy(request).metrics
 
 
-def get_cache(request: Request) -> ResponseCache[Completion] | None:
-    return get_policy(request).cache
-
-
 def get_request_id(request: Request) -> str:
     request_id: str = request.state.request_id
     return request_id
@@ -54,7 +50,6 @@ SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 PolicyDep = Annotated[GenerationPolicy, Depends(get_policy)]
 MetricsDep = Annotated[LLMMetrics, Depends(get_metrics)]
-CacheDep = Annotated[ResponseCache[Completion] | None, Depends(get_cache)]
 
 
 def get_ready_model(runtime: RuntimeDep) -> ReadyModel:
@@ -70,6 +65,13 @@ def get_generation_service(ready: ReadyModelDep, policy: PolicyDep) -> Generatio
 
 
 GenerationServiceDep = Annotated[GenerationService, Depends(get_generation_service)]
+
+
+def get_completion_service(ready: ReadyModelDep, generation: GenerationServiceDep) -> CompletionService:
+    return CompletionService(generation, ready.prompts)
+
+
+CompletionServiceDep = Annotated[CompletionService, Depends(get_completion_service)]
 
 
 def get_chat_service(ready: ReadyModelDep, sessions: SessionsDep, generation: GenerationServiceDep) -> ChatService:

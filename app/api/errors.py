@@ -1,4 +1,4 @@
-"""The one mapping from exceptions to SPEC's JSON error body and status."""
+"""The one mapping from exceptions to the JSON error body and status, counting each rejection it answers."""
 
 from __future__ import annotations
 
@@ -12,23 +12,26 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import (
+    HTTPStatusError,
     InvalidJSON,
     InvalidRequest,
+    MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     RequestValidationFailed,
     ServiceError,
+    Unauthorized,
 )
 from app.core.request_context import current_request_id
 
 logger = logging.getLogger("app.errors")
 
-_HTTP_STATUS_TYPES = {
-    400: ("invalid_request_error", "bad_request"),
-    401: ("authentication_error", "unauthorized"),
-    404: ("not_found_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "payload_too_large"),
+_HTTP_STATUS_ERRORS: dict[int, type[ServiceError]] = {
+    401: Unauthorized,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
 }
+"""The web framework's own answers, told as our errors (404 and 400 have their own wording)."""
 
 
 class OpenAIRoute(APIRoute):
@@ -53,10 +56,11 @@ def error_response(exc: ServiceError) -> JSONResponse:
 
 
 def record_rejection(request: Request, exc: ServiceError) -> None:
-    """Count the error in llm_requests_rejected_total{reason}, if it rejects a request."""
+    """Count the error in llm_requests_rejected_total{reason}, if it rejects a request. Called
+    once per answer: by the handlers below, or by a stream that tells the error itself."""
     policy = getattr(request.app.state, "policy", None)
     if policy is not None:
-        policy.metrics.reject_error(exc)
+        policy.metrics.reject(exc.reject_reason)
 
 
 def validation_error(exc: RequestValidationError) -> ServiceError:
@@ -97,17 +101,19 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(error)
 
 
+def http_status_error(exc: StarletteHTTPException) -> ServiceError:
+    if exc.status_code == 404:
+        return NotFound("route not found")
+    if exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
+        return InvalidJSON("request body is not valid JSON in UTF-8")
+    known = _HTTP_STATUS_ERRORS.get(exc.status_code)
+    return known(str(exc.detail)) if known is not None else HTTPStatusError(exc.status_code, str(exc.detail))
+
+
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    error_type, code = _HTTP_STATUS_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
-    service_error: ServiceError
-    if exc.status_code == 404:
-        service_error = NotFound("route not found")
-    elif exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (e.g. not UTF-8)
-        service_error = InvalidJSON("request body is not valid JSON in UTF-8")
-    else:
-        service_error = ServiceError(str(exc.detail))
-        service_error.status_code, service_error.error_type, service_error.code = exc.status_code, error_type, code
+    service_error = http_status_error(exc)
+    record_rejection(request, service_error)
     response = error_response(service_error)
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value

@@ -14,8 +14,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.datastructures import Headers
 
-from app.core.rate_limit import RateLimited, RateLimiter
-from app.core.security import ApiKeys, Principal, Unauthorized
+from app.core.errors import RateLimited, Unauthorized
+from app.core.rate_limit import RateLimiter
+from app.core.security import ApiKeys, Principal
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,8 @@ async def guard(request: Request) -> Principal | None:
         decision = gate.limiter.hit(identity)
         add_response_headers(request, decision.headers())
         if not decision.allowed:
-            error = RateLimited(f"rate limit exceeded; retry in {decision.retry_after_s} s")
-            error.retry_after = decision.retry_after_s
-            raise error
+            retry_s = decision.retry_after_s
+            raise RateLimited(f"rate limit exceeded; retry in {retry_s} s", retry_after=retry_s)
     if gate.keys.enabled and principal is None:
         raise Unauthorized("missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>")
     return principal

@@ -13,9 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_body
 from app.core.config import is_loopback
-from app.core.errors import PayloadTooLarge, ServiceError
+from app.core.errors import PayloadTooLarge, RemoteAccessRefused, ServiceError
+from app.core.metrics import LLMMetrics
 from app.core.request_context import accept_or_make_request_id, request_id_var
-from app.core.security import RemoteAccessRefused
 
 access_logger = logging.getLogger("app.access")
 logger = logging.getLogger("app.middleware")
@@ -68,11 +68,14 @@ class RequestContextMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Answers 413 for bodies over the cap, declared (Content-Length) or streamed (chunked)."""
+    """Answers 413 for bodies over the cap, declared (Content-Length) or streamed (chunked).
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    It answers before the app's error handlers could, so it counts its rejections itself."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: LLMMetrics | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -105,7 +108,10 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        await send_error(send, PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
+        error = PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+        if self.metrics is not None:
+            self.metrics.reject(error.reject_reason)
+        await send_error(send, error)
 
 
 class LoopbackOnlyMiddleware:

@@ -7,8 +7,10 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 
+from fastapi import Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api.errors import record_rejection
 from app.core.errors import GenerationFailed, ServiceError
 
 logger = logging.getLogger("app.api.sse")
@@ -22,7 +24,10 @@ def sse_response(events: AsyncGenerator[ServerSentEvent, None], ping_s: float) -
 
 
 async def guarded(
-    events: AsyncGenerator[ServerSentEvent, None], error_event: ErrorEvent, closing: ServerSentEvent | None = None
+    events: AsyncGenerator[ServerSentEvent, None],
+    error_event: ErrorEvent,
+    request: Request,
+    closing: ServerSentEvent | None = None,
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """Pass the events on. A failure becomes one error event, then `closing` ends the stream as
     it would have; a client that goes away closes `events` (aborting its generation) at once."""
@@ -31,6 +36,7 @@ async def guarded(
             async for event in events:
                 yield event
         except ServiceError as exc:
+            record_rejection(request, exc)  # the response began: the HTTP mapping never sees this one
             yield error_event(exc)
         except (asyncio.CancelledError, GeneratorExit):
             logger.info("client disconnected; generation aborted")

@@ -16,7 +16,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.core.cache import CacheStats
-from app.core.errors import ServiceError
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """From a GPU's tens of milliseconds to a loaded CPU's tens of seconds."""
@@ -105,16 +104,11 @@ class LLMMetrics:
         self.registry.register(_LiveCollector(live))
 
     def reject(self, reason: str | None) -> None:
+        """Count one request turned away or stopped; None (an error that is no rejection) counts nothing."""
         if reason is not None:
             self.rejected.labels(reason).inc()
             if reason == "rate_limit":
                 self.rate_limited.inc()
-
-    def reject_error(self, error: ServiceError) -> None:
-        """Count an error once, wherever it is seen first (inside a run, or at the HTTP mapping)."""
-        if not error.counted:
-            error.counted = True
-            self.reject(error.reject_reason)
 
     def count_redactions(self, counts: Tally[str]) -> None:
         for entity, count in counts.items():

@@ -15,15 +15,10 @@ from dataclasses import dataclass
 import regex
 
 from app.core.config import PIISettings
-from app.core.errors import InvalidRequest
+from app.core.errors import PIIBlocked
 
 _CONTEXT_CHARS = 8
 """Already released characters kept so that look-behinds see what precedes new text."""
-
-
-class PIIBlocked(InvalidRequest):
-    code = "pii_detected"
-    reject_reason = "pii"
 
 
 @dataclass(frozen=True)

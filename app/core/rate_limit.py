@@ -1,7 +1,7 @@
 """Token-bucket rate limiting per client identity (API key name, or IP without one).
 
 Our own small bucket rather than slowapi's: slowapi's backend, `limits`, offers fixed and
-sliding windows only, and SPEC asks for a bucket (sustained refill plus a burst capacity).
+sliding windows only, and clients are promised a bucket: a sustained refill plus a burst capacity.
 """
 
 from __future__ import annotations
@@ -14,17 +14,9 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from app.core.config import RateLimitSettings
-from app.core.errors import ServiceError
 
 MAX_TRACKED_CLIENTS = 100_000
 """Buckets kept at once; a flood of new addresses cannot grow memory past this."""
-
-
-class RateLimited(ServiceError):
-    status_code = 429
-    error_type = "rate_limit_error"
-    code = "rate_limited"
-    reject_reason = "rate_limit"
 
 
 @dataclass(frozen=True)

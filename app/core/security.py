@@ -10,28 +10,8 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from app.core.config import NamedKey
-from app.core.errors import ServiceError
 
 MAX_KEY_CHARS = 512
-
-
-class Unauthorized(ServiceError):
-    status_code = 401
-    error_type = "authentication_error"
-    code = "invalid_api_key"
-    reject_reason = "auth"
-
-    def response_headers(self) -> dict[str, str]:
-        return {**super().response_headers(), "WWW-Authenticate": 'Bearer realm="llm-fastapi-service"'}
-
-
-class RemoteAccessRefused(ServiceError):
-    """A server with no API key reached through a non-loopback address."""
-
-    status_code = 403
-    error_type = "permission_error"
-    code = "remote_access_refused"
-    reject_reason = "auth"
 
 
 @dataclass(frozen=True)

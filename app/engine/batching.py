@@ -44,9 +44,10 @@ class BatchingEngine:
         limits = SchedulerLimits(max_batch_size=settings.max_batch_size, request_timeout_s=settings.request_timeout_s)
         self._scheduler = Scheduler(loaded, limits, clock, on_batch)
         self._lock = threading.Condition()
-        # Guarded by _lock: the queue, the job index and the figures the event loop reads.
+        # Guarded by _lock: the queue, the jobs and the figures the event loop reads.
         self._queue: deque[Job] = deque()
-        self._jobs: dict[str, Job] = {}
+        self._jobs: set[Job] = set()
+        """Every request queued or running: by identity, as clients may reuse a request id."""
         self._active = 0
         self._free = settings.max_batch_size
         self._cancelled = 0
@@ -66,15 +67,9 @@ class BatchingEngine:
             if len(self._queue) >= self._settings.max_queue + self._free:
                 raise EngineOverloaded("too many requests are waiting; retry shortly")
             self._queue.append(job)
-            self._jobs[request.request_id] = job
+            self._jobs.add(job)
             self._lock.notify_all()
         return JobStream(job, self._abort_job)
-
-    def abort(self, request_id: str) -> None:
-        with self._lock:
-            job = self._jobs.get(request_id)
-        if job is not None:
-            self._abort_job(job)
 
     def stats(self) -> EngineStats:
         with self._lock:
@@ -119,7 +114,7 @@ class BatchingEngine:
     def _fail_everyone(self, error: ServiceError) -> None:
         """Answer every request still known (queued or running): nobody is left waiting forever."""
         with self._lock:
-            leftovers = list(self._jobs.values())
+            leftovers = list(self._jobs)
             self._jobs.clear()
             self._queue.clear()
             self._active = 0
@@ -175,7 +170,6 @@ class BatchingEngine:
 
     def _forget(self, leaving: Retired) -> None:
         """Called with the lock held; the request's last mail goes once the books show it gone."""
-        if self._jobs.get(leaving.job.request_id) is leaving.job:
-            del self._jobs[leaving.job.request_id]
+        self._jobs.discard(leaving.job)
         if leaving.outcome == "cancelled":
             self._cancelled += 1

@@ -83,11 +83,6 @@ class Scheduler:
         prefilling = sum(slot is not None for slot in self._prefilling)
         return len(self._pending) + prefilling + len(self._running)
 
-    @property
-    def batch_limit(self) -> int:
-        """The batch size in force: `max_batch_size`, less after an out-of-memory error."""
-        return self._limit
-
     def free_slots(self) -> int:
         return max(0, self._limit - self.active)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.core.config import ModelSettings, Settings
-from app.core.errors import ModelNotReady, ServiceError
+from app.core.errors import ModelNotReady, ModelUnhealthy
 from app.engine.types import BatchObserver, Engine, EngineStats, GenerationRequest, SamplingParams
 from app.model.chat_format import PromptBuilder
 
@@ -29,13 +29,6 @@ class ModelState(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
-
-
-class ModelUnhealthy(ServiceError):
-    status_code = 503
-    error_type = "service_unavailable"
-    code = "model_unhealthy"
-    retry_after = 30
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Chat turns: stored history + new messages -> prompt; the turn is committed only on success."""
+"""Chat turns: checked messages (after a session's history) -> one prompt -> a run per choice; committed on success."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from app.engine.types import ChatMessage, SamplingParams
 from app.model.chat_format import PromptBuilder
-from app.services.generation import Completion, GenerationRun, GenerationService
+from app.services.generation import Choice, Completion, GenerationRun, GenerationService
 from app.services.sessions import SessionStore
 
 
@@ -17,27 +17,41 @@ class ChatService:
         self._prompts = prompts
         self._generation = generation
 
-    def check_messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-        """The messages as the model may see them (PII redacted, or PIIBlocked)."""
-        return [
-            ChatMessage(m.role, self._generation.check_input(m.content, f"messages.{i}.content"))
-            for i, m in enumerate(messages)
-        ]
-
-    async def start_turn(
+    async def start(
         self,
         request_id: str,
         messages: Sequence[ChatMessage],
-        params: SamplingParams,
+        choices: Sequence[SamplingParams],
+        *,
         session_id: str | None = None,
         owner: str | None = None,
+        param: str = "messages",
+    ) -> list[GenerationRun]:
+        """Check the new messages (their total size, `param` naming the field, then PII), render
+        and tokenise the prompt once, and admit one run per choice, all or none.
+
+        With a session (one choice only): its lock is held until the run ends or is closed, and
+        its history changes only if the answer completes."""
+        # The limit bounds what the caller sends; a session's stored history is the server's own.
+        self._generation.check_prompt_size(sum(len(m.content) for m in messages), param)
+        checked = [
+            ChatMessage(m.role, self._generation.check_input(m.content, f"messages.{i}.content"))
+            for i, m in enumerate(messages)
+        ]
+        if session_id is not None:
+            if len(choices) != 1:
+                raise ValueError("a session turn has exactly one choice")
+            return [await self._start_turn(request_id, checked, choices[0], session_id, owner)]
+        # Choices differ in their seed only, so they share one prompt.
+        prompt = await asyncio.to_thread(self._prompts.build_chat, (), checked, choices[0].max_tokens)
+        log_prompt = _log_prompt(checked)
+        return await self._generation.start_choices(
+            request_id, [Choice(prompt.prompt_ids, params, log_prompt) for params in choices]
+        )
+
+    async def _start_turn(
+        self, request_id: str, messages: list[ChatMessage], params: SamplingParams, session_id: str, owner: str | None
     ) -> GenerationRun:
-        """Admit one turn of already checked messages. With a session, its lock is held until
-        the run ends or is closed, and history changes only if the answer completes."""
-        log_prompt = "\n".join(m.content for m in messages)
-        if session_id is None:
-            prompt = await asyncio.to_thread(self._prompts.build_chat, (), messages, params.max_tokens)
-            return self._generation.start(request_id, prompt.prompt_ids, params, log_prompt=log_prompt)
         session = self._sessions.get_or_create(session_id, owner)
         await session.lock.acquire()
 
@@ -54,8 +68,17 @@ class ChatService:
                 self._sessions.replace_history(session, [*kept, *messages, answer])
 
             return self._generation.start(
-                request_id, prompt.prompt_ids, params, log_prompt=log_prompt, on_success=commit, on_close=end_turn
+                request_id,
+                prompt.prompt_ids,
+                params,
+                log_prompt=_log_prompt(messages),
+                on_success=commit,
+                on_close=end_turn,
             )
         except BaseException:
             end_turn()
             raise
+
+
+def _log_prompt(messages: Sequence[ChatMessage]) -> str:
+    return "\n".join(m.content for m in messages)

@@ -2,8 +2,9 @@
 
 `GenerationService.start` applies, in order: the response cache (a hit replays the stored
 answer; an identical request already running is joined, not repeated), admission to the
-engine, PII redaction of the output stream, and the LLM metrics. Input redaction happens
-before, in `check_input`, so the model, the cache key and the logs only see redacted text.
+engine, PII redaction of the output stream, and the LLM metrics. The input is checked before,
+by `check_prompt_size` and `check_input`, so the model, the cache key and the logs only see
+redacted text.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from app.core.cache import Flight, ResponseCache
-from app.core.errors import ServiceError
+from app.core.errors import PromptTooLong
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
 from app.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest, SamplingParams
@@ -53,11 +54,28 @@ class GenerationPolicy:
     log_prompts: bool = False
     flight_patience_s: float = 360.0
     """How long an identical request waits for the running one before generating alone."""
+    max_prompt_chars: int | None = None
+    """Longest prompt (or total of a chat turn's new messages) accepted; None: no limit."""
 
     def cacheable(self, params: SamplingParams) -> bool:
         return self.cache is not None and (
             not self.cache_deterministic_only or params.greedy or params.seed is not None
         )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a request's generations: its prompt and sampling parameters."""
+
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    log_prompt: str | None = None
+    """The prompt as logged (when prompts are logged at all)."""
+
+
+def choice_request_id(request_id: str, index: int) -> str:
+    """The engine's id of one choice: the request's own id for the first, suffixed for the others."""
+    return request_id if index == 0 else f"{request_id}.{index}"
 
 
 def cache_key(model: str, prompt_ids: Sequence[int], params: SamplingParams) -> str:
@@ -70,7 +88,9 @@ class GenerationRun:
     """One admitted generation. Iterate it for text deltas; afterwards `completion` is set.
 
     `on_success` callbacks run before the iteration ends, so a chat turn is committed before
-    the client hears "done"; closing the run early aborts the generation and commits nothing.
+    the client hears "done"; closing the run early aborts the generation and commits nothing,
+    and counts as `cancelled` in llm_requests_rejected_total. An error raised by the run is
+    counted where it is answered (app.api), not here.
     """
 
     def __init__(
@@ -116,10 +136,8 @@ class GenerationRun:
                         await callback(completion)
                     self.completion = completion
                     self._log(completion, time.perf_counter() - started)
-        except ServiceError as error:
-            self._failed = True
-            if self._metrics is not None:
-                self._metrics.reject_error(error)
+        except Exception:
+            self._failed = True  # a failure, not a client that left
             raise
         finally:
             await self.aclose()
@@ -142,6 +160,12 @@ class GenerationRun:
         for callback in self._on_close:
             callback()
 
+    async def withdraw(self) -> None:
+        """Close a run whose request failed as a whole (a sibling was not admitted): the
+        request's own error is what gets counted, not a cancellation."""
+        self._failed = True
+        await self.aclose()
+
     def _log(self, completion: Completion, duration_s: float) -> None:
         fields = {
             "prompt_tokens": completion.prompt_tokens,
@@ -163,9 +187,29 @@ class GenerationService:
         self._context_length = context_length
         self._policy = policy
 
+    def check_prompt_size(self, chars: int, param: str) -> None:
+        """PromptTooLong (413) if `chars` characters of input are over the limit."""
+        limit = self._policy.max_prompt_chars
+        if limit is not None and chars > limit:
+            raise PromptTooLong(f"{param} has {chars} characters; the limit is {limit}", param=param)
+
     def check_input(self, text: str, param: str) -> str:
         """The text the model may see (PII redacted), or PIIBlocked in block mode."""
         return self._policy.pii.check_input(text, param)
+
+    async def start_choices(self, request_id: str, choices: Sequence[Choice]) -> list[GenerationRun]:
+        """One run per choice under `choice_request_id`, admitted all or none: if one cannot be
+        admitted, those already admitted are closed and the error is raised."""
+        runs: list[GenerationRun] = []
+        try:
+            for index, choice in enumerate(choices):
+                run_id = choice_request_id(request_id, index)
+                runs.append(self.start(run_id, choice.prompt_ids, choice.params, log_prompt=choice.log_prompt))
+        except BaseException:
+            for run in runs:
+                await run.withdraw()
+            raise
+        return runs
 
     def start(
         self,

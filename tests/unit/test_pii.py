@@ -7,7 +7,8 @@ import itertools
 import pytest
 
 from app.core.config import PIISettings
-from app.core.pii import PIIBlocked, PIIGuard, PIIScanner, StreamRedactor, entities_from_settings, luhn_valid
+from app.core.errors import PIIBlocked
+from app.core.pii import PIIGuard, PIIScanner, StreamRedactor, entities_from_settings, luhn_valid
 
 SCANNER = PIIScanner(entities_from_settings(PIISettings(custom_patterns={"employee_id": r"EMP-\d{6}"})))
 

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.core.config import ModelSettings
-from app.core.errors import PromptTooLong
 from app.engine.types import ChatMessage, SamplingParams
 from app.services.generation import Completion
 
@@ -67,10 +66,6 @@ class SamplingFields(StrictRequest):
 class GenerateRequest(SamplingFields):
     prompt: NonBlankText
 
-    def check_prompt_size(self, max_chars: int) -> None:
-        if len(self.prompt) > max_chars:
-            raise PromptTooLong(f"prompt is {len(self.prompt)} characters; the limit is {max_chars}", param="prompt")
-
 
 class ChatMessageIn(StrictRequest):
     role: Literal["system", "user", "assistant"]
@@ -83,12 +78,6 @@ class ChatMessageIn(StrictRequest):
 class ChatRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
-
-    def check_prompt_size(self, max_chars: int) -> None:
-        """The limit bounds the new messages of the turn together; stored history is the server's."""
-        total = sum(len(m.content) for m in self.messages)
-        if total > max_chars:
-            raise PromptTooLong(f"messages total {total} characters; the limit is {max_chars}", param="messages")
 
 
 class Usage(BaseModel):

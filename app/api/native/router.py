@@ -3,14 +3,13 @@ GET/DELETE /v1/chat/sessions/{session_id}."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
 from app.api.dependencies import (
     ChatServiceDep,
-    GenerationServiceDep,
+    CompletionServiceDep,
     ReadyModelDep,
     RequestIdDep,
     SessionsDep,
@@ -38,14 +37,12 @@ async def generate(
     body: GenerateRequest,
     request: Request,
     ready: ReadyModelDep,
-    generation: GenerationServiceDep,
+    completions: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Any:
-    body.check_prompt_size(settings.security.max_prompt_chars)
-    prompt = generation.check_input(body.prompt, "prompt")
-    prompt_ids = await asyncio.to_thread(ready.prompts.encode_prompt, prompt)  # long prompts: off the loop
-    run = generation.start(request_id, prompt_ids, body.to_sampling_params(settings.model), log_prompt=prompt)
+    started = await completions.start(request_id, [body.prompt], [body.to_sampling_params(settings.model)])
+    [prompt], [run] = started.prompts, started.runs
 
     def build(completion: Completion) -> GenerateResponse:
         return GenerateResponse(
@@ -75,12 +72,10 @@ async def chat(
     request_id: RequestIdDep,
     caller: CallerNameDep,
 ) -> Any:
-    body.check_prompt_size(settings.security.max_prompt_chars)
-    messages = chat_service.check_messages([m.to_message() for m in body.messages])
-    run = await chat_service.start_turn(
+    [run] = await chat_service.start(
         request_id,
-        messages,
-        body.to_sampling_params(settings.model),
+        [m.to_message() for m in body.messages],
+        [body.to_sampling_params(settings.model)],
         session_id=body.session_id,
         owner=caller,
     )

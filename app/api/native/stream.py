@@ -37,7 +37,7 @@ def sse_response(
     run: GenerationRun, build_done: ResponseBuilder, request: Request, ping_s: float
 ) -> EventSourceResponse:
     mark_cache_result(request, run.cached)
-    return sse.sse_response(sse.guarded(_events(run, build_done), _error_event), ping_s)
+    return sse.sse_response(sse.guarded(_events(run, build_done), _error_event, request), ping_s)
 
 
 async def _events(run: GenerationRun, build_done: ResponseBuilder) -> AsyncGenerator[ServerSentEvent, None]:

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 from app.api.native.models import NonBlankText, SamplingFields, StopText, Text, Usage
 from app.core.config import ModelSettings
-from app.core.errors import PromptTooLong
 from app.engine.types import ChatMessage, FinishReason, SamplingParams
 from app.services.generation import Completion
 
@@ -104,11 +103,6 @@ class ChatCompletionRequest(OpenAISampling):
     def to_messages(self) -> list[ChatMessage]:
         return [m.to_message() for m in self.messages]
 
-    def check_prompt_size(self, max_chars: int) -> None:
-        total = sum(len(m.text()) for m in self.messages)
-        if total > max_chars:
-            raise PromptTooLong(f"messages total {total} characters; the limit is {max_chars}", param="messages")
-
 
 class CompletionRequest(OpenAISampling):
     prompt: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1, max_length=64)]
@@ -117,11 +111,6 @@ class CompletionRequest(OpenAISampling):
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
-
-    def check_prompt_size(self, max_chars: int) -> None:
-        for prompt in self.prompts:
-            if len(prompt) > max_chars:
-                raise PromptTooLong(f"prompt is {len(prompt)} characters; the limit is {max_chars}", param="prompt")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ model list GET /v1/models[/{model_id}], which is the one served model."""
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Request
 from app.api.collect import collect_all, mark_cache_result
 from app.api.dependencies import (
     ChatServiceDep,
-    GenerationServiceDep,
+    CompletionServiceDep,
     ReadyModelDep,
     RequestIdDep,
     RuntimeDep,
@@ -31,7 +30,6 @@ from app.api.openai.models import (
 from app.api.openai.stream import openai_sse
 from app.core.errors import ModelNotFound
 from app.model.runtime import ModelRuntime
-from app.services.runs import RunStarter, start_chat_run, start_prompt_run, start_runs
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -45,17 +43,11 @@ async def chat_completions(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Any:
-    body.check_prompt_size(settings.security.max_prompt_chars)
-    messages = chat_service.check_messages(body.to_messages())
-    starters: list[RunStarter] = [
-        partial(start_chat_run, chat_service, messages=messages, params=params)
-        for params in body.choice_params(settings.model)
-    ]
-    runs = await start_runs(starters, request_id)
+    runs = await chat_service.start(request_id, body.to_messages(), body.choice_params(settings.model))
     mark_cache_result(request, all(run.cached for run in runs))
     head = ResponseHead.new("chatcmpl-", ready.info.served_name)
     if body.stream:
-        return openai_sse(runs, ChatChunks(head, body.n), body.include_usage, settings.engine.sse_ping_s)
+        return openai_sse(runs, ChatChunks(head, body.n), body.include_usage, request, settings.engine.sse_ping_s)
     return chat_completion(head, await collect_all(runs, request), body.n)
 
 
@@ -64,25 +56,18 @@ async def completions(
     body: CompletionRequest,
     request: Request,
     ready: ReadyModelDep,
-    generation: GenerationServiceDep,
+    completion_service: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Any:
-    body.check_prompt_size(settings.security.max_prompt_chars)
-    body = body.model_copy(update={"prompt": [generation.check_input(p, "prompt") for p in body.prompts]})
-    choice_params = body.choice_params(settings.model)
-    starters: list[RunStarter] = [
-        partial(start_prompt_run, generation, ready.prompts, prompt=prompt, params=params)
-        for prompt in body.prompts
-        for params in choice_params
-    ]
-    runs = await start_runs(starters, request_id)
+    started = await completion_service.start(request_id, body.prompts, body.choice_params(settings.model))
+    prompts, runs = started.prompts, started.runs  # prompts as the model saw them: what `echo` repeats
     mark_cache_result(request, all(run.cached for run in runs))
     head = ResponseHead.new("cmpl-", ready.info.served_name)
     if body.stream:
-        chunks = CompletionChunks(head, body.prompts, body.n, body.echo)
-        return openai_sse(runs, chunks, body.include_usage, settings.engine.sse_ping_s)
-    return text_completion(head, body.prompts, await collect_all(runs, request), body.n, body.echo)
+        chunks = CompletionChunks(head, prompts, body.n, body.echo)
+        return openai_sse(runs, chunks, body.include_usage, request, settings.engine.sse_ping_s)
+    return text_completion(head, prompts, await collect_all(runs, request), body.n, body.echo)
 
 
 def _card(runtime: ModelRuntime) -> ModelCard:

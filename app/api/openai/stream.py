@@ -1,7 +1,7 @@
 """OpenAI's SSE: `data: {chunk}` lines (no event names) ending with `data: [DONE]`.
 
 A failure after the stream began is one `data: {"error": …}` line before [DONE]; a client
-that goes away aborts every run of the request (STYLE practices 9 and 10).
+that goes away aborts every run of the request at once, so no batch slot works for nobody.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol
 
+from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -32,11 +33,10 @@ class ChunkMaker(Protocol):
 
 
 def openai_sse(
-    runs: Sequence[GenerationRun], chunks: ChunkMaker, include_usage: bool, ping_s: float
+    runs: Sequence[GenerationRun], chunks: ChunkMaker, include_usage: bool, request: Request, ping_s: float
 ) -> EventSourceResponse:
-    return sse_response(
-        guarded(_chunks(runs, chunks, include_usage), _error_event, closing=ServerSentEvent(data="[DONE]")), ping_s
-    )
+    done = ServerSentEvent(data="[DONE]")
+    return sse_response(guarded(_chunks(runs, chunks, include_usage), _error_event, request, closing=done), ping_s)
 
 
 async def _chunks(

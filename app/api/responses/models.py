@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field, field_validator
 from app.api.native.models import NonBlankText, SamplingFields, Text
 from app.api.openai.models import ChatMessageParam, OpenAIRequest, ResponseHead
 from app.core.config import ModelSettings
-from app.core.errors import PromptTooLong
 from app.engine.types import ChatMessage, SamplingParams
 from app.services.generation import Completion
 
@@ -40,11 +39,6 @@ class ResponseRequest(OpenAIRequest):
         if isinstance(self.input, str):
             return [*system, ChatMessage("user", self.input)]
         return [*system, *(m.to_message() for m in self.input)]
-
-    def check_prompt_size(self, max_chars: int) -> None:
-        total = sum(len(m.content) for m in self.to_messages())
-        if total > max_chars:
-            raise PromptTooLong(f"input totals {total} characters; the limit is {max_chars}", param="input")
 
     def to_sampling_params(self, defaults: ModelSettings) -> SamplingParams:
         fields = SamplingFields.model_construct(

@@ -13,7 +13,6 @@ from app.api.errors import OpenAIRoute
 from app.api.openai.models import ResponseHead
 from app.api.responses.models import ResponseObject, ResponseRequest, response_object
 from app.api.responses.stream import ResponseEvents, responses_sse
-from app.services.runs import start_chat_run
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -27,12 +26,12 @@ async def create_response(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Any:
-    body.check_prompt_size(settings.security.max_prompt_chars)
-    messages = chat_service.check_messages(body.to_messages())
-    run = await start_chat_run(chat_service, request_id, messages, body.to_sampling_params(settings.model))
+    [run] = await chat_service.start(
+        request_id, body.to_messages(), [body.to_sampling_params(settings.model)], param="input"
+    )
     mark_cache_result(request, run.cached)
     head = ResponseHead.new("resp_", ready.info.served_name)
     message_id = f"msg_{uuid.uuid4().hex}"
     if body.stream:
-        return responses_sse(run, ResponseEvents(head, message_id, body), settings.engine.sse_ping_s)
+        return responses_sse(run, ResponseEvents(head, message_id, body), request, settings.engine.sse_ping_s)
     return response_object(head, message_id, body, await collect_unless_disconnected(run, request))

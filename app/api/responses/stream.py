@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -41,8 +42,8 @@ class ResponseEvents:
         return {"item_id": self.message_id, "output_index": 0, "content_index": 0}
 
 
-def responses_sse(run: GenerationRun, events: ResponseEvents, ping_s: float) -> EventSourceResponse:
-    return sse_response(guarded(_events(run, events), events.error), ping_s)
+def responses_sse(run: GenerationRun, events: ResponseEvents, request: Request, ping_s: float) -> EventSourceResponse:
+    return sse_response(guarded(_events(run, events), events.error, request), ping_s)
 
 
 async def _events(run: GenerationRun, events: ResponseEvents) -> AsyncGenerator[ServerSentEvent, None]:

@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.native.models import NonBlankText, SamplingFields, StopText
 from app.core.config import ModelSettings
-from app.core.errors import PromptTooLong
 from app.engine.types import FinishReason, SamplingParams
 
 TGIFinishReason = Literal["length", "eos_token", "stop_sequence"]
@@ -68,10 +67,6 @@ class TGIParameters(TGIRequestModel):
 class TGIRequest(TGIRequestModel):
     inputs: NonBlankText
     parameters: TGIParameters = Field(default_factory=TGIParameters)
-
-    def check_prompt_size(self, max_chars: int) -> None:
-        if len(self.inputs) > max_chars:
-            raise PromptTooLong(f"inputs is {len(self.inputs)} characters; the limit is {max_chars}", param="inputs")
 
 
 class TGICompatRequest(TGIRequest):

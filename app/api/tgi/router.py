@@ -9,13 +9,12 @@ from sse_starlette import EventSourceResponse
 
 from app import __version__
 from app.api.collect import collect_unless_disconnected
-from app.api.dependencies import GenerationServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
+from app.api.dependencies import CompletionServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
 from app.api.tgi.models import TGICompatRequest, TGIDetails, TGIInfo, TGIRequest, TGIResponse
 from app.api.tgi.stream import tgi_sse
 from app.core.config import Settings
-from app.model.runtime import ReadyModel
-from app.services.generation import GenerationRun, GenerationService
-from app.services.runs import start_prompt_run
+from app.services.completion import CompletionService
+from app.services.generation import GenerationRun
 
 router = APIRouter(tags=["tgi"])
 
@@ -23,17 +22,13 @@ _Request = TypeVar("_Request", bound=TGIRequest)
 
 
 async def _start(
-    body: TGIRequest, ready: ReadyModel, generation: GenerationService, settings: Settings, request_id: str
-) -> GenerationRun:
-    """`body.inputs` must already be checked (see `_checked`)."""
+    body: _Request, completions: CompletionService, settings: Settings, request_id: str
+) -> tuple[_Request, GenerationRun]:
+    """The run, and the request as the model saw it: PII redacted, which the full text echoes."""
     params = body.parameters.to_sampling_params(settings.model)
-    return await start_prompt_run(generation, ready.prompts, request_id, body.inputs, params)
-
-
-def _checked(body: _Request, generation: GenerationService, settings: Settings) -> _Request:
-    """The request as the model may see it: size-checked, PII redacted (full text echoes that)."""
-    body.check_prompt_size(settings.security.max_prompt_chars)
-    return body.model_copy(update={"inputs": generation.check_input(body.inputs, "inputs")})
+    started = await completions.start(request_id, [body.inputs], [params], param="inputs")
+    [inputs], [run] = started.prompts, started.runs
+    return body.model_copy(update={"inputs": inputs}), run
 
 
 async def _whole(body: TGIRequest, run: GenerationRun, request: Request) -> TGIResponse:
@@ -52,42 +47,39 @@ async def _whole(body: TGIRequest, run: GenerationRun, request: Request) -> TGIR
 async def generate(
     body: TGIRequest,
     request: Request,
-    ready: ReadyModelDep,
-    generation: GenerationServiceDep,
+    completions: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> TGIResponse:
-    body = _checked(body, generation, settings)
-    return await _whole(body, await _start(body, ready, generation, settings, request_id), request)
+    body, run = await _start(body, completions, settings, request_id)
+    return await _whole(body, run, request)
 
 
 @router.post("/generate_stream", response_class=EventSourceResponse)
 async def generate_stream(
     body: TGIRequest,
-    ready: ReadyModelDep,
-    generation: GenerationServiceDep,
+    request: Request,
+    completions: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> EventSourceResponse:
-    body = _checked(body, generation, settings)
-    return tgi_sse(await _start(body, ready, generation, settings, request_id), body, settings.engine.sse_ping_s)
+    body, run = await _start(body, completions, settings, request_id)
+    return tgi_sse(run, body, request, settings.engine.sse_ping_s)
 
 
 @router.post("/", response_model=list[TGIResponse], response_model_exclude_none=True)
 async def compat_generate(
     body: TGICompatRequest,
     request: Request,
-    ready: ReadyModelDep,
-    generation: GenerationServiceDep,
+    completions: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Any:
     """TGI's compatibility route (huggingface_hub's InferenceClient posts here): a list of one
     response, or the stream of /generate_stream."""
-    body = _checked(body, generation, settings)
-    run = await _start(body, ready, generation, settings, request_id)
+    body, run = await _start(body, completions, settings, request_id)
     if body.stream:
-        return tgi_sse(run, body, settings.engine.sse_ping_s)
+        return tgi_sse(run, body, request, settings.engine.sse_ping_s)
     return [await _whole(body, run, request)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator
 
+from fastapi import Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.sse import guarded, sse_response
@@ -19,8 +20,8 @@ from app.core.request_context import current_request_id
 from app.services.generation import GenerationRun
 
 
-def tgi_sse(run: GenerationRun, body: TGIRequest, ping_s: float) -> EventSourceResponse:
-    return sse_response(guarded(_events(run, body), _error_event), ping_s)
+def tgi_sse(run: GenerationRun, body: TGIRequest, request: Request, ping_s: float) -> EventSourceResponse:
+    return sse_response(guarded(_events(run, body), _error_event, request), ping_s)
 
 
 async def _events(run: GenerationRun, body: TGIRequest) -> AsyncGenerator[ServerSentEvent, None]:
