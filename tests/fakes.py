@@ -54,16 +54,29 @@ def echo_reply(prompt: str) -> str:
     return f"This is a scripted answer to a prompt of {len(prompt)} characters."
 
 
+def words(text: str) -> list[str]:
+    """The default tokens of a reply: one word per token, each with the space before it."""
+    return re.findall(r"\s*\S+", text)
+
+
+def every_request(request: GenerationRequest) -> bool:
+    return True
+
+
 @dataclass
 class ScriptedEngine:
     reply: Callable[[str], str] = echo_reply
     """The whole answer for a prompt (decoded from its byte tokens)."""
+    split: Callable[[str], list[str]] = words
+    """How an answer is cut into tokens (`list` gives one character per token)."""
     gate: asyncio.Event | None = None
     """When set, every generation waits for this event before its first token."""
     fail_on_submit: ServiceError | None = None
     """Raised by `submit`, as the real engine raises EngineOverloaded or ShuttingDown."""
     fail_after_tokens: int | None = None
     """Raise `mid_stream_error` after this many tokens."""
+    fails: Callable[[GenerationRequest], bool] = every_request
+    """Which requests `fail_after_tokens` applies to (e.g. only one of two identical requests)."""
     mid_stream_error: Exception = field(default_factory=lambda: RuntimeError("scripted failure"))
     submitted: list[GenerationRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
@@ -79,7 +92,8 @@ class ScriptedEngine:
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         params = request.params
-        words = re.findall(r"\s*\S+", self.reply(decode_prompt(request)))
+        pieces = self.split(self.reply(decode_prompt(request)))
+        fail_after = self.fail_after_tokens if self.fails(request) else None
         prompt_tokens = len(request.prompt_ids)
         self.running += 1
         finished = False
@@ -87,21 +101,21 @@ class ScriptedEngine:
             if self.gate is not None:
                 await self.gate.wait()
             text = ""
-            for count, word in enumerate(words[: params.max_tokens], start=1):
-                if self.fail_after_tokens is not None and count > self.fail_after_tokens:
+            for count, piece in enumerate(pieces[: params.max_tokens], start=1):
+                if fail_after is not None and count > fail_after:
                     raise self.mid_stream_error
-                text += word
+                text += piece
                 stop_at = _first_stop(text, params.stop)
                 if stop_at is not None:
                     finished = True
-                    yield GenerationChunk(word[: len(word) - (len(text) - stop_at)], count, prompt_tokens, "stop")
+                    yield GenerationChunk(piece[: len(piece) - (len(text) - stop_at)], count, prompt_tokens, "stop")
                     return
-                last = count == min(len(words), params.max_tokens)
-                reason = None if not last else ("length" if len(words) > params.max_tokens else "stop")
+                last = count == min(len(pieces), params.max_tokens)
+                reason = None if not last else ("length" if len(pieces) > params.max_tokens else "stop")
                 finished = last
-                yield GenerationChunk(word, count, prompt_tokens, reason)
+                yield GenerationChunk(piece, count, prompt_tokens, reason)
                 await asyncio.sleep(0)
-            if not words:
+            if not pieces:
                 finished = True
                 yield GenerationChunk("", 0, prompt_tokens, "stop")
         finally:
