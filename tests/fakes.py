@@ -71,6 +71,8 @@ class ScriptedEngine:
     """How an answer is cut into tokens (`list` gives one character per token)."""
     gate: asyncio.Event | None = None
     """When set, every generation waits for this event before its first token."""
+    gate_after_tokens: int = 0
+    """How many tokens a generation gives before the gate holds it (0: before the first)."""
     fail_on_submit: ServiceError | None = None
     """Raised by `submit`, as the real engine raises EngineOverloaded or ShuttingDown."""
     fail_after_tokens: int | None = None
@@ -98,10 +100,10 @@ class ScriptedEngine:
         self.running += 1
         finished = False
         try:
-            if self.gate is not None:
-                await self.gate.wait()
             text = ""
             for count, piece in enumerate(pieces[: params.max_tokens], start=1):
+                if self.gate is not None and count == self.gate_after_tokens + 1:
+                    await self.gate.wait()
                 if fail_after is not None and count > fail_after:
                     raise self.mid_stream_error
                 text += piece

@@ -51,7 +51,9 @@ def running_app(
         gatekeeper: Gatekeeper = app.state.gatekeeper
         app.state.gatekeeper = replace(gatekeeper, limiter=RateLimiter(settings.rate_limit, clock=clock))
     with TestClient(app, raise_server_exceptions=False) as client:
-        assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10, interval_s=0.002), client.get("/health").text
+        assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10, interval_s=0.002), client.get(
+            "/health"
+        ).text
         engine.submitted.clear()
         yield app, client
 

@@ -92,9 +92,7 @@ def test_body_that_is_not_an_object_is_422(api: TestClient) -> None:
         ({**CHAT_OK, "model": "gpt-4"}, "model"),
     ],
 )
-def test_chat_schema_violations_are_422_naming_the_field(
-    api: TestClient, body: dict[str, object], param: str
-) -> None:
+def test_chat_schema_violations_are_422_naming_the_field(api: TestClient, body: dict[str, object], param: str) -> None:
     assert_error(api.post("/v1/chat", json=body), 422, code="validation_error", param=param)
 
 

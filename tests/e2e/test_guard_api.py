@@ -3,8 +3,6 @@ see, such as a request header too large for the HTTP parser."""
 
 from __future__ import annotations
 
-import httpx
-
 from tests.conftest import GUARDED_KEYS, LiveServer
 
 ALICE = {"X-API-Key": GUARDED_KEYS["alice"]}
