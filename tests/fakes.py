@@ -9,6 +9,7 @@ that holds generation until released, a failure at admission or after N tokens.
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ class ScriptedEngine:
 
     def submit(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self.fail_on_submit is not None:
-            raise self.fail_on_submit
+            raise copy.copy(self.fail_on_submit)  # a fresh error per request, as the real engine raises
         self.submitted.append(request)
         return self._stream(request)
 
@@ -105,7 +106,7 @@ class ScriptedEngine:
                 if self.gate is not None and count == self.gate_after_tokens + 1:
                     await self.gate.wait()
                 if fail_after is not None and count > fail_after:
-                    raise self.mid_stream_error
+                    raise copy.copy(self.mid_stream_error)
                 text += piece
                 stop_at = _first_stop(text, params.stop)
                 if stop_at is not None:
