@@ -9,7 +9,6 @@ that holds generation until released, a failure at admission or after N tokens.
 from __future__ import annotations
 
 import asyncio
-import copy
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -64,6 +63,16 @@ def every_request(request: GenerationRequest) -> bool:
     return True
 
 
+def fresh(error: Exception) -> Exception:
+    """A new error like `error`, as the real engine raises one per request: a test's template is
+    never raised itself, so nothing a layer records on a raised error leaks into the next request.
+    Built field by field, so it works for errors that refuse attribute changes once constructed."""
+    copied = type(error).__new__(type(error))
+    copied.args = error.args
+    copied.__dict__.update(vars(error))
+    return copied
+
+
 @dataclass
 class ScriptedEngine:
     reply: Callable[[str], str] = echo_reply
@@ -83,15 +92,15 @@ class ScriptedEngine:
     mid_stream_error: Exception = field(default_factory=lambda: RuntimeError("scripted failure"))
     submitted: list[GenerationRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
-    """Request ids whose stream was closed before it finished."""
+    """Request ids whose stream was closed before it finished (even before its first token)."""
     running: int = 0
     shut_down: bool = False
 
     def submit(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self.fail_on_submit is not None:
-            raise copy.copy(self.fail_on_submit)  # a fresh error per request, as the real engine raises
+            raise fresh(self.fail_on_submit)
         self.submitted.append(request)
-        return self._stream(request)
+        return _ScriptedStream(self, request)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         params = request.params
@@ -106,7 +115,7 @@ class ScriptedEngine:
                 if self.gate is not None and count == self.gate_after_tokens + 1:
                     await self.gate.wait()
                 if fail_after is not None and count > fail_after:
-                    raise copy.copy(self.mid_stream_error)
+                    raise fresh(self.mid_stream_error)
                 text += piece
                 stop_at = _first_stop(text, params.stop)
                 if stop_at is not None:
@@ -131,6 +140,33 @@ class ScriptedEngine:
 
     async def shutdown(self, grace_s: float) -> None:
         self.shut_down = True
+
+
+class _ScriptedStream:
+    """A request's reply channel. As the real engine's, closing it aborts the request even before
+    its first chunk (when the generator's own `finally` has not started and so cannot record it)."""
+
+    def __init__(self, engine: ScriptedEngine, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self._chunks = engine._stream(request)
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> _ScriptedStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        self._started = True
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            self._engine.aborted.append(self._request.request_id)
+        await self._chunks.aclose()
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

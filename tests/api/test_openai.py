@@ -228,7 +228,8 @@ def test_a_choice_not_admitted_closes_those_already_admitted(api: TestClient, en
     engine.submit = second_refused  # type: ignore[method-assign]
     body = {"messages": HELLO, "n": 2, "temperature": 0.9}
     assert_error(api.post("/v1/chat/completions", json=body), 503, code="overloaded")
-    assert engine.running == 0 and len(engine.submitted) == 1
+    [admitted] = engine.submitted
+    assert engine.aborted == [admitted.request_id] and engine.running == 0
     assert metric_value(api, "llm_requests_rejected_total", reason="overloaded") == 1
 
 

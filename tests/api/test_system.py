@@ -142,4 +142,3 @@ def test_the_engine_is_shut_down_with_the_app(engine: ScriptedEngine) -> None:
         assert api.get("/health").status_code == 200
         assert not engine.shut_down
     assert engine.shut_down
-
