@@ -1,9 +1,11 @@
 """A scripted fake engine and tokenizer: the app's whole HTTP and service behaviour without a model.
 
 `ScriptedEngine` answers every request with the text its `reply` script gives for the prompt,
-one word per token, honouring `max_tokens` and stop texts. Tests inject what they need: a gate
-that holds generation until released, a failure at admission or after N tokens.
-`fake_serving_model(engine)` is a `ServingModelFactory` for `create_app`.
+one word per token (or as `split` cuts it), honouring `max_tokens` and stop texts. Tests inject
+what they need: a gate that holds generation (before its first token, or after N), a failure at
+admission or after N tokens (for every request, or those `fails` picks); it records what was
+submitted and what was aborted. `fake_serving_model(engine)` is a `ServingModelFactory` for
+`create_app`.
 """
 
 from __future__ import annotations

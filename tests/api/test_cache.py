@@ -133,19 +133,9 @@ def test_a_burst_of_identical_requests_shares_one_generation(
 
 
 def _answer(response: httpx.Response, stream: bool) -> dict[str, Any]:
+    """The answer's body: the JSON, or the data of the stream's `done` event."""
     if not stream:
         answer: dict[str, Any] = response.json()
         return answer
-    events = [(event, data) for event, data in _sse_lines(response.text) if event == "done"]
-    done: dict[str, Any] = json.loads(events[-1][1])
+    done: dict[str, Any] = json.loads(next(data for event, data in iter_sse(response) if event == "done"))
     return done
-
-
-def _sse_lines(text: str) -> list[tuple[str, str]]:
-    """(event, data) pairs of an SSE body already read whole."""
-    pairs = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
-        if "data" in fields:
-            pairs.append((fields.get("event", "message"), fields["data"]))
-    return pairs

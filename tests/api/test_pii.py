@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +20,9 @@ REDACTED = "Mail [EMAIL] or pay with [CREDIT_CARD] at [IP_ADDRESS] today."
 SECRETS = ("jane", "roe@", "example.org", "4111", "1111", "10.1")
 
 
+@contextmanager
 def pii_app(engine: ScriptedEngine, **pii: object) -> Iterator[TestClient]:
+    """The app with these PII settings over the repository's, prompts and outputs logged."""
     settings = fake_settings(rate_limit={"enabled": False}, pii=pii, logging={"log_prompts": True})
     with running_app(engine, settings) as (_, client):
         yield client
@@ -27,13 +30,14 @@ def pii_app(engine: ScriptedEngine, **pii: object) -> Iterator[TestClient]:
 
 @pytest.fixture
 def logged(engine: ScriptedEngine) -> Iterator[TestClient]:
-    """The repository's PII settings, with prompts and outputs logged."""
-    yield from pii_app(engine)
+    with pii_app(engine) as client:
+        yield client
 
 
 @pytest.fixture
 def blocking(engine: ScriptedEngine) -> Iterator[TestClient]:
-    yield from pii_app(engine, mode="block", custom_patterns={"ticket": r"\bTCK-\d{4}\b"})
+    with pii_app(engine, mode="block", custom_patterns={"ticket": r"\bTCK-\d{4}\b"}) as client:
+        yield client
 
 
 def test_echoed_prompt_is_redacted_before_the_model_sees_it(api: TestClient, engine: ScriptedEngine) -> None:
@@ -139,7 +143,7 @@ def test_prompts_are_redacted_in_logs_even_when_the_model_sees_them(
     engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.generation")
-    for client in pii_app(engine, redact_input=False, redact_output=False):
+    with pii_app(engine, redact_input=False, redact_output=False) as client:
         engine.reply = lambda prompt: "Mail jane.roe@example.org back."
         body = client.post("/v1/generate", json={"prompt": "Call 555-867-5309."}).json()
         assert body["prompt"] == "Call 555-867-5309." == decode_prompt(engine.submitted[-1])
