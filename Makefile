@@ -8,7 +8,7 @@ MODELS_DIR := models
 IMAGE  ?= llm-fastapi-service
 TORCH_VERSION := 2.13.0
 
-.PHONY: install lock model run test lint format type-check bench build-docker run-docker clean
+.PHONY: install lock model run test test-fast lint format type-check bench build-docker run-docker clean
 
 install: $(STAMP)
 
@@ -45,9 +45,14 @@ run: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m app
 
+# The whole suite, printing the line coverage of app/ (settings in pyproject.toml, [tool.coverage]).
 test: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov=app --cov-report=term-missing:skip-covered
+
+# Unit and API tests only: no model, no server, the app over a scripted fake engine (under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit tests/api
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench

@@ -1,9 +1,11 @@
 """A scripted fake engine and tokenizer: the app's whole HTTP and service behaviour without a model.
 
 `ScriptedEngine` answers every request with the text its `reply` script gives for the prompt,
-one word per token, honouring `max_tokens` and stop texts. Tests inject what they need: a gate
-that holds generation until released, a failure at admission or after N tokens.
-`fake_serving_model(engine)` is a `ServingModelFactory` for `create_app`.
+one word per token (or as `split` cuts it), honouring `max_tokens` and stop texts. Tests inject
+what they need: a gate that holds generation (before its first token, or after N), a failure at
+admission or after N tokens (for every request, or those `fails` picks); it records what was
+submitted and what was aborted. `fake_serving_model(engine)` is a `ServingModelFactory` for
+`create_app`.
 """
 
 from __future__ import annotations
@@ -54,54 +56,80 @@ def echo_reply(prompt: str) -> str:
     return f"This is a scripted answer to a prompt of {len(prompt)} characters."
 
 
+def words(text: str) -> list[str]:
+    """The default tokens of a reply: one word per token, each with the space before it."""
+    return re.findall(r"\s*\S+", text)
+
+
+def every_request(request: GenerationRequest) -> bool:
+    return True
+
+
+def fresh(error: Exception) -> Exception:
+    """A new error like `error`, as the real engine raises one per request: a test's template is
+    never raised itself, so nothing a layer records on a raised error leaks into the next request.
+    Built field by field, so it works for errors that refuse attribute changes once constructed."""
+    copied = type(error).__new__(type(error))
+    copied.args = error.args
+    copied.__dict__.update(vars(error))
+    return copied
+
+
 @dataclass
 class ScriptedEngine:
     reply: Callable[[str], str] = echo_reply
     """The whole answer for a prompt (decoded from its byte tokens)."""
+    split: Callable[[str], list[str]] = words
+    """How an answer is cut into tokens (`list` gives one character per token)."""
     gate: asyncio.Event | None = None
     """When set, every generation waits for this event before its first token."""
+    gate_after_tokens: int = 0
+    """How many tokens a generation gives before the gate holds it (0: before the first)."""
     fail_on_submit: ServiceError | None = None
     """Raised by `submit`, as the real engine raises EngineOverloaded or ShuttingDown."""
     fail_after_tokens: int | None = None
     """Raise `mid_stream_error` after this many tokens."""
+    fails: Callable[[GenerationRequest], bool] = every_request
+    """Which requests `fail_after_tokens` applies to (e.g. only one of two identical requests)."""
     mid_stream_error: Exception = field(default_factory=lambda: RuntimeError("scripted failure"))
     submitted: list[GenerationRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
-    """Request ids whose stream was closed before it finished."""
+    """Request ids whose stream was closed before it finished (even before its first token)."""
     running: int = 0
     shut_down: bool = False
 
     def submit(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self.fail_on_submit is not None:
-            raise self.fail_on_submit
+            raise fresh(self.fail_on_submit)
         self.submitted.append(request)
-        return self._stream(request)
+        return _ScriptedStream(self, request)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         params = request.params
-        words = re.findall(r"\s*\S+", self.reply(decode_prompt(request)))
+        pieces = self.split(self.reply(decode_prompt(request)))
+        fail_after = self.fail_after_tokens if self.fails(request) else None
         prompt_tokens = len(request.prompt_ids)
         self.running += 1
         finished = False
         try:
-            if self.gate is not None:
-                await self.gate.wait()
             text = ""
-            for count, word in enumerate(words[: params.max_tokens], start=1):
-                if self.fail_after_tokens is not None and count > self.fail_after_tokens:
-                    raise self.mid_stream_error
-                text += word
+            for count, piece in enumerate(pieces[: params.max_tokens], start=1):
+                if self.gate is not None and count == self.gate_after_tokens + 1:
+                    await self.gate.wait()
+                if fail_after is not None and count > fail_after:
+                    raise fresh(self.mid_stream_error)
+                text += piece
                 stop_at = _first_stop(text, params.stop)
                 if stop_at is not None:
                     finished = True
-                    yield GenerationChunk(word[: len(word) - (len(text) - stop_at)], count, prompt_tokens, "stop")
+                    yield GenerationChunk(piece[: len(piece) - (len(text) - stop_at)], count, prompt_tokens, "stop")
                     return
-                last = count == min(len(words), params.max_tokens)
-                reason = None if not last else ("length" if len(words) > params.max_tokens else "stop")
+                last = count == min(len(pieces), params.max_tokens)
+                reason = None if not last else ("length" if len(pieces) > params.max_tokens else "stop")
                 finished = last
-                yield GenerationChunk(word, count, prompt_tokens, reason)
+                yield GenerationChunk(piece, count, prompt_tokens, reason)
                 await asyncio.sleep(0)
-            if not words:
+            if not pieces:
                 finished = True
                 yield GenerationChunk("", 0, prompt_tokens, "stop")
         finally:
@@ -114,6 +142,33 @@ class ScriptedEngine:
 
     async def shutdown(self, grace_s: float) -> None:
         self.shut_down = True
+
+
+class _ScriptedStream:
+    """A request's reply channel. As the real engine's, closing it aborts the request even before
+    its first chunk (when the generator's own `finally` has not started and so cannot record it)."""
+
+    def __init__(self, engine: ScriptedEngine, request: GenerationRequest) -> None:
+        self._engine = engine
+        self._request = request
+        self._chunks = engine._stream(request)
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> _ScriptedStream:
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        self._started = True
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            self._engine.aborted.append(self._request.request_id)
+        await self._chunks.aclose()
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.api.guard import Gatekeeper
 from app.core.config import Settings, load_settings
+from app.core.rate_limit import RateLimiter
 from app.main import create_app
 from tests.conftest import ROOT, poll
 from tests.fakes import ScriptedEngine, fake_serving_model
@@ -25,13 +29,39 @@ def fake_settings(**sections: dict[str, Any]) -> Settings:
     return load_settings(config_file=ROOT / "config.yml", env_file=None, model=model, **sections)
 
 
+class FakeClock:
+    """Time that moves only when the test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @contextmanager
-def running_app(engine: ScriptedEngine, settings: Settings) -> Iterator[tuple[FastAPI, TestClient]]:
-    """The app started (lifespan run, fake model loaded), with a client that talks to it in-process."""
+def running_app(
+    engine: ScriptedEngine, settings: Settings, *, clock: Callable[[], float] | None = None
+) -> Iterator[tuple[FastAPI, TestClient]]:
+    """The app started (lifespan run, fake model loaded), with a client that talks to it in-process.
+    With `clock`, the rate limiter reads that clock instead of the real one. The engine's record
+    of submitted requests starts empty (the warm-up request is dropped from it)."""
     app = create_app(settings, serving_model=fake_serving_model(engine))
+    if clock is not None and settings.rate_limit.enabled:
+        gatekeeper: Gatekeeper = app.state.gatekeeper
+        app.state.gatekeeper = replace(gatekeeper, limiter=RateLimiter(settings.rate_limit, clock=clock))
     with TestClient(app, raise_server_exceptions=False) as client:
-        assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10), client.get("/health").text
+        assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10, interval_s=0.002), client.get(
+            "/health"
+        ).text
+        engine.submitted.clear()
         yield app, client
+
+
+def release(client: TestClient, gate: asyncio.Event) -> None:
+    """Open an engine gate from the test's thread: the event belongs to the app's event loop."""
+    assert client.portal is not None, "the client runs the app (use it as a context manager)"
+    client.portal.call(gate.set)
 
 
 @pytest.fixture

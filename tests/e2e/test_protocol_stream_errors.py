@@ -1,47 +1,36 @@
-"""A failure after streaming began travels inside the stream, in each protocol's own way, and each
-client raises it; before streaming, it is a plain JSON error."""
+"""Each real client raises a failure that comes after streaming began (inside the stream, in its
+protocol's own way), and one that comes before it (a plain JSON error).
+
+The server is live but its engine is the scripted fake, failing every answer with the deadline error
+after a few tokens: the clients' side is under test here. The framing itself is checked in tests/api;
+a real deadline on the real engine in test_engine_limits.py.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import GenerationError
 
-from tests.conftest import LiveServer, make_settings
+from app.core.errors import GenerationTimeout
+from tests.api.conftest import fake_settings
+from tests.conftest import LiveServer
+from tests.fakes import ScriptedEngine, fake_serving_model
 
 ESSAY = "Write a long essay about mountains."
 
 
 @pytest.fixture(scope="module")
-def short_deadline(model_dir: Path) -> Iterator[LiveServer]:
-    settings = make_settings(model_dir, engine={"request_timeout_s": 1.5})
-    live = LiveServer(settings).start().wait_healthy()
+def short_deadline() -> Iterator[LiveServer]:
+    engine = ScriptedEngine(reply=lambda prompt: "Mountains rise " * 50)
+    live = LiveServer(fake_settings(), serving_model=fake_serving_model(engine)).start().wait_healthy()
+    engine.fail_after_tokens = 6  # after start-up: the warm-up generation must pass
+    engine.mid_stream_error = GenerationTimeout("generation exceeded engine.request_timeout_s")
     yield live
     live.stop()
-
-
-def data_lines(client: httpx.Client, path: str, body: dict[str, object]) -> list[str]:
-    with client.stream("POST", path, json=body) as response:
-        assert response.status_code == 200
-        return [line[len("data:") :].strip() for line in response.iter_lines() if line.startswith("data:")]
-
-
-def test_openai_stream_ends_with_an_error_object_then_done(short_deadline: LiveServer) -> None:
-    body = {"messages": [{"role": "user", "content": ESSAY}], "max_tokens": 1000, "temperature": 0, "stream": True}
-    with short_deadline.client() as client:
-        data = data_lines(client, "/v1/chat/completions", body)
-    assert data[-1] == "[DONE]"
-    error = json.loads(data[-2])["error"]
-    assert error["code"] == "generation_timeout" and error["type"] == "timeout_error" and error["request_id"]
-    chunks = [json.loads(item) for item in data[:-2]]
-    assert any(c["choices"][0]["delta"].get("content") for c in chunks)
-    assert not any(c["choices"][0]["finish_reason"] for c in chunks)
 
 
 def test_openai_sdk_raises_the_error_mid_stream_and_before_it(short_deadline: LiveServer) -> None:
@@ -54,14 +43,6 @@ def test_openai_sdk_raises_the_error_mid_stream_and_before_it(short_deadline: Li
     with pytest.raises(openai.InternalServerError) as whole:
         sdk.completions.create(model="x", prompt=ESSAY, max_tokens=1000, temperature=0)
     assert whole.value.status_code == 504 and whole.value.code == "generation_timeout"
-
-
-def test_tgi_stream_ends_with_a_tgi_error_event(short_deadline: LiveServer) -> None:
-    body = {"inputs": ESSAY, "parameters": {"max_new_tokens": 1000}}
-    with short_deadline.client() as client:
-        events = [json.loads(item) for item in data_lines(client, "/generate_stream", body)]
-    assert "token" in events[0]
-    assert events[-1]["error_type"] == "generation" and "request_timeout_s" in events[-1]["error"]
 
 
 def test_inference_client_raises_generation_error_mid_stream(short_deadline: LiveServer) -> None:
