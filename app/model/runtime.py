@@ -128,12 +128,12 @@ class ModelRuntime:
         """Load, start the engine, warm up. On failure: state FAILED and the error re-raised."""
         try:
             ready = await _on_own_thread(self._load_blocking)
+            if self._settings.model.warmup:
+                self._set_progress("warming up")
+                await self._warm_up(ready)
         except Exception as exc:
             self.state, self.error = ModelState.FAILED, str(exc) or type(exc).__name__
             raise
-        if self._settings.model.warmup:
-            self._set_progress("warming up")
-            await self._warm_up(ready)
         self._ready, self.state, self.progress = ready, ModelState.READY, "ready"
         logger.info(
             "model ready",

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from app import __version__
 from app.core.config import Settings
+from app.core.errors import GenerationFailed
 from app.engine.types import BatchObserver
 from app.main import create_app
 from app.model.runtime import Progress, ReadyModel
@@ -86,6 +87,17 @@ def test_failed_load_reports_unhealthy_with_the_reason(engine: ScriptedEngine) -
         assert health.json()["status"] == "unhealthy" and "missing-model" in health.json()["reason"]
         assert_error(client.post("/v1/generate", json={"prompt": "hi"}), 503, code="model_unhealthy")
         assert client.get("/status").json()["status"] == "unhealthy"
+
+
+def test_a_failed_warm_up_reports_unhealthy_not_loading_forever() -> None:
+    fatal: list[str] = []
+    engine = ScriptedEngine(fail_on_submit=GenerationFailed("warm-up generation failed"))
+    app = create_app(fake_settings(), on_fatal=fatal.append, serving_model=fake_serving_model(engine))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert poll(lambda: bool(fatal), timeout_s=10)
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy" and "warm-up" in health.json()["reason"]
 
 
 def test_status_shows_the_model_and_what_is_in_force(api: TestClient) -> None:
