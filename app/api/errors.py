@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.errors import (
     InvalidJSON,
@@ -97,6 +98,23 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(error)
 
 
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path, for the `Allow` header of a 405. Starlette's
+    own names only the methods of the first route whose path matched, so a path served by two
+    routes (GET and DELETE of a session) advertised half of them; asking every route about every
+    method also sees through FastAPI's nested routers."""
+    routes = request.app.router.routes
+
+    def served(method: str) -> bool:
+        probe = {**request.scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in routes)
+
+    return ", ".join(method for method in _HTTP_METHODS if served(method))
+
+
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error_type, code = _HTTP_STATUS_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
@@ -111,6 +129,8 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     response = error_response(service_error)
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
+    if exc.status_code == 405:
+        response.headers["Allow"] = allowed_methods(request)
     return response
 
 

@@ -40,7 +40,7 @@ async def health(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503, headers=headers)
 
 
-@router.get("/health/live")
+@health_router.get("/health/live")
 async def live() -> dict[str, str]:
     return {"status": "alive"}
 
