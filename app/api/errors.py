@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -32,9 +34,32 @@ _HTTP_STATUS_TYPES = {
 }
 
 
+OPENAI_ROUTE_MARK = "x-openai-route"
+"""Set on the OpenAPI operation of every OpenAIRoute, so the document's post-processing
+(app.api.openapi) finds them; it removes the mark again."""
+
+
 class OpenAIRoute(APIRoute):
     """A route of the OpenAI-compatible API: a request its schema rejects is a 400
     `invalid_request_error`, as OpenAI answers, where native routes say 422."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.openapi_extra = {**(self.openapi_extra or {}), OPENAI_ROUTE_MARK: True}
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="OpenAI's error type, e.g. `invalid_request_error`, `authentication_error`.")
+    code: str = Field(description="What went wrong, e.g. `validation_error`, `prompt_too_long`, `overloaded`.")
+    message: str
+    param: str | None = Field(description="The request field at fault, when there is one.")
+    request_id: str = Field(description="The same as the X-Request-ID response header.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer: OpenAI's shape with our request id added."""
+
+    error: ErrorDetail
 
 
 def error_body(exc: ServiceError) -> dict[str, Any]:

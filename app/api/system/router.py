@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import __version__
 from app.api.dependencies import MetricsDep, PolicyDep, RuntimeDep, SessionsDep, SettingsDep
 from app.api.guard import Gatekeeper
+from app.api.openapi import RETRY_AFTER
 from app.api.system.models import HealthResponse
 from app.model.runtime import ModelState
 
@@ -26,7 +27,13 @@ metrics_router = APIRouter(tags=["system"])
 HEALTH_STATUS = {ModelState.READY: "healthy", ModelState.LOADING: "loading", ModelState.FAILED: "unhealthy"}
 
 
-@health_router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+@health_router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={
+        503: {"model": HealthResponse, "description": "Loading or unhealthy.", "headers": {"Retry-After": RETRY_AFTER}}
+    },
+)
 async def health(runtime: RuntimeDep) -> JSONResponse:
     ready = runtime.state is ModelState.READY
     body = HealthResponse(
@@ -113,6 +120,12 @@ async def status(
     }
 
 
-@metrics_router.get("/metrics", response_class=Response)
+@metrics_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}
+    },
+)
 async def metrics(llm_metrics: MetricsDep) -> Response:
     return Response(generate_latest(llm_metrics.registry), media_type=CONTENT_TYPE_LATEST)
