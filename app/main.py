@@ -20,6 +20,7 @@ from app.api.guard import Gatekeeper, guard
 from app.api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware, RequestContextMiddleware
 from app.api.native import router as native
 from app.api.openai import router as openai
+from app.api.openapi import PROTECTED_ERRORS, error_responses, install_openapi
 from app.api.responses import router as responses
 from app.api.system import router as system
 from app.api.tgi import router as tgi
@@ -84,6 +85,7 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         root_path=settings.app.root_path,
+        responses=error_responses(500),
     )
     app.state.settings = settings
     app.state.policy = policy
@@ -93,11 +95,16 @@ def create_app(
         trust_forwarded_for=settings.rate_limit.trust_forwarded_for,
     )
     install_error_handlers(app)
+    install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
     protected = [Depends(guard)]
+    protected_responses = error_responses(*PROTECTED_ERRORS)
     for module in (native, openai, responses, tgi, system):
-        app.include_router(module.router, dependencies=protected)
+        app.include_router(module.router, dependencies=protected, responses=protected_responses)
     app.include_router(system.health_router)
-    app.include_router(system.metrics_router, dependencies=protected if settings.security.protect_metrics else [])
+    if settings.security.protect_metrics:
+        app.include_router(system.metrics_router, dependencies=protected, responses=protected_responses)
+    else:
+        app.include_router(system.metrics_router)
     Instrumentator(registry=llm_metrics.registry, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.security.max_body_bytes, metrics=llm_metrics)
     if not settings.security.api_keys and not settings.security.allow_unauthenticated:

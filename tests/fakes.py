@@ -176,17 +176,19 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(found) if found else None
 
 
-def fake_serving_model(engine: ScriptedEngine, system_prompt: str | None = None) -> ServingModelFactory:
+def fake_serving_model(
+    engine: ScriptedEngine, system_prompt: str | None = None, context_length: int = CONTEXT_LENGTH
+) -> ServingModelFactory:
     """A `ServingModelFactory` serving `engine` under the configured served name."""
 
     def build(settings: Settings, on_progress: Progress, on_batch: BatchObserver | None) -> ReadyModel:
         on_progress("scripted engine")
-        prompts = PromptBuilder(ByteTokenizer(), CONTEXT_LENGTH, system_prompt)
+        prompts = PromptBuilder(ByteTokenizer(), context_length, system_prompt)
         info = ModelInfo(
             served_name=settings.model.resolved_served_name(),
             device="cpu",
             dtype="float32",
-            context_length=CONTEXT_LENGTH,
+            context_length=context_length,
             system_prompt_supported=prompts.supports_system,
         )
         return ReadyModel(engine=engine, prompts=prompts, info=info)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.errors import (
     HTTPStatusError,
@@ -34,9 +37,32 @@ _HTTP_STATUS_ERRORS: dict[int, type[ServiceError]] = {
 """The web framework's own answers, told as our errors (404 and 400 have their own wording)."""
 
 
+OPENAI_ROUTE_MARK = "x-openai-route"
+"""Set on the OpenAPI operation of every OpenAIRoute, so the document's post-processing
+(app.api.openapi) finds them; it removes the mark again."""
+
+
 class OpenAIRoute(APIRoute):
     """A route of the OpenAI-compatible API: a request its schema rejects is a 400
     `invalid_request_error`, as OpenAI answers, where native routes say 422."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.openapi_extra = {**(self.openapi_extra or {}), OPENAI_ROUTE_MARK: True}
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="OpenAI's error type, e.g. `invalid_request_error`, `authentication_error`.")
+    code: str = Field(description="What went wrong, e.g. `validation_error`, `prompt_too_long`, `overloaded`.")
+    message: str
+    param: str | None = Field(description="The request field at fault, when there is one.")
+    request_id: str = Field(description="The same as the X-Request-ID response header.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer: OpenAI's shape with our request id added."""
+
+    error: ErrorDetail
 
 
 def error_body(exc: ServiceError) -> dict[str, Any]:
@@ -110,6 +136,23 @@ def http_status_error(exc: StarletteHTTPException) -> ServiceError:
     return known(str(exc.detail)) if known is not None else HTTPStatusError(exc.status_code, str(exc.detail))
 
 
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path, for the `Allow` header of a 405. Starlette's
+    own names only the methods of the first route whose path matched, so a path served by two
+    routes (GET and DELETE of a session) advertised half of them; asking every route about every
+    method also sees through FastAPI's nested routers."""
+    routes = request.app.router.routes
+
+    def served(method: str) -> bool:
+        probe = {**request.scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in routes)
+
+    return ", ".join(method for method in _HTTP_METHODS if served(method))
+
+
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     service_error = http_status_error(exc)
@@ -117,6 +160,8 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     response = error_response(service_error)
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
+    if exc.status_code == 405:
+        response.headers["Allow"] = allowed_methods(request)
     return response
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_body
+from app.api.errors import error_body, error_response
 from app.core.config import is_loopback
 from app.core.errors import PayloadTooLarge, RemoteAccessRefused, ServiceError
 from app.core.metrics import LLMMetrics
@@ -38,11 +38,12 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        responded = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 headers = MutableHeaders(scope=message)
                 for name, value in scope["state"].get("response_headers", {}).items():
                     headers[name] = value
@@ -52,6 +53,13 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if responded:  # a stream that broke mid-way: its status is sent, nothing more can be said
+                raise
+            # Answered here rather than by Starlette's outermost handler, which runs after this
+            # request's id is gone: a 500 carries the id (header and body) like every other answer.
+            logger.exception("unexpected error")
+            await error_response(ServiceError("internal server error"))(scope, receive, send_with_headers)
         finally:
             if self.access_log:
                 access_logger.info(

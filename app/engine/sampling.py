@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from app.engine.types import SamplingParams
@@ -24,6 +26,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         remove = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        remove[..., 0] = False  # the most likely token stays, however small top_p
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
     return logits
@@ -39,7 +42,10 @@ def choose_next_token(
     logits = apply_repetition_penalty(logits.float(), seen_ids, params.repetition_penalty)
     if params.greedy:
         return int(torch.argmax(logits, dim=-1).item())
-    logits = filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
+    # A repetition penalty near 0 can push a seen token's score past the float range; inf would
+    # become NaN in softmax and fail the whole batch, so it is held at the largest finite score.
+    scaled = torch.nan_to_num(logits / params.temperature, posinf=torch.finfo(logits.dtype).max, neginf=-math.inf)
+    logits = filter_top_k_top_p(scaled, params.top_k, params.top_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, num_samples=1, generator=generator).item())
 

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 FinishReason = Literal["stop", "length"]
 
+GREEDY_BELOW = 1e-5
+"""Temperatures under this are greedy, as in vLLM: they pick the top token anyway, and dividing
+scores by a smaller one (the schema allows any temperature above 0) overflows them to inf."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -29,7 +33,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass(frozen=True)

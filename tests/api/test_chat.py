@@ -155,11 +155,6 @@ def test_unexpected_failure_mid_answer_leaves_history_as_it_was(api: TestClient,
     assert history(api, "bug") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an unexpected exception is answered by Starlette's ServerErrorMiddleware, outside "
-    "RequestContextMiddleware: no X-Request-ID header and request_id null in the body",
-)
 def test_unexpected_failure_still_echoes_the_request_id(api: TestClient, engine: ScriptedEngine) -> None:
     engine.fail_after_tokens = 2
     response = api.post("/v1/generate", json={"prompt": "hi"}, headers={"X-Request-ID": "trace-500"})

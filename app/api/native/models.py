@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.core.config import ModelSettings
 from app.engine.types import ChatMessage, SamplingParams
 from app.services.generation import Completion
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+WHITESPACE_CLASS = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""The characters `str.strip()` removes (`str.isspace()`), as a regular-expression class that
+JSON Schema (ECMA 262), Python and Rust read alike."""
+TEXT_PATTERN = r"^[^\u0000]*$"
+"""The schema's reading of `_valid_unicode`: no NUL."""
+NON_BLANK_TEXT_PATTERN = rf"^[^\u0000]*[^\u0000{WHITESPACE_CLASS}][^\u0000]*$"
+"""The schema's reading of `_valid_unicode` and `_not_blank`: no NUL, and something besides whitespace."""
 
 
 def _valid_unicode(text: str) -> str:
@@ -29,9 +37,25 @@ def _not_blank(text: str) -> str:
     return text
 
 
-Text = Annotated[str, AfterValidator(_valid_unicode)]
-NonBlankText = Annotated[Text, AfterValidator(_not_blank)]
-StopText = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_valid_unicode)]
+# The validators give the reasons a client reads; the patterns say the same to the schema's readers.
+Text = Annotated[str, AfterValidator(_valid_unicode), Field(json_schema_extra={"pattern": TEXT_PATTERN})]
+NonBlankText = Annotated[
+    str,
+    AfterValidator(_valid_unicode),
+    AfterValidator(_not_blank),
+    Field(min_length=1, json_schema_extra={"pattern": NON_BLANK_TEXT_PATTERN}),
+]
+StopText = Annotated[Text, Field(min_length=1, max_length=256)]
+
+
+def _whole_number(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WholeNumber = BeforeValidator(_whole_number)
+"""For an `int` field: read an integer as JSON Schema's `integer` does, `5` or `5.0`, never `5.5`,
+`"5"` or `true`. Placed after the field's bounds, `Annotated[int, Field(ge=1), WholeNumber]`, as
+pydantic leaves bounds placed after it out of the JSON schema."""
 
 
 class StrictRequest(BaseModel):
@@ -41,13 +65,15 @@ class StrictRequest(BaseModel):
 
 
 class SamplingFields(StrictRequest):
-    max_tokens: int | None = Field(None, ge=1, description="Capped at model.max_tokens and the context left.")
+    max_tokens: Annotated[int, Field(ge=1), WholeNumber] | None = Field(
+        None, description="Capped at model.max_tokens and the context left."
+    )
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0, description="0 disables top-k.")
+    top_k: Annotated[int, Field(ge=0), WholeNumber] | None = Field(None, description="0 disables top-k.")
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stop: StopText | list[StopText] | None = Field(None, description="Stop text(s); never part of the output.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), WholeNumber] | None = None
     stream: bool = False
 
     def to_sampling_params(self, defaults: ModelSettings) -> SamplingParams:

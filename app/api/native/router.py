@@ -27,12 +27,15 @@ from app.api.native.models import (
     Usage,
 )
 from app.api.native.stream import respond
+from app.api.openapi import GENERATION_ERRORS, error_responses
 from app.services.generation import Completion
 
 router = APIRouter(tags=["native"])
 
 
-@router.post("/v1/generate", response_model=GenerateResponse)
+@router.post(
+    "/v1/generate", response_model=GenerateResponse, responses=error_responses(*GENERATION_ERRORS, 422, sse=True)
+)
 async def generate(
     body: GenerateRequest,
     request: Request,
@@ -62,7 +65,7 @@ async def generate(
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 
-@router.post("/v1/chat", response_model=ChatResponse)
+@router.post("/v1/chat", response_model=ChatResponse, responses=error_responses(*GENERATION_ERRORS, 404, 422, sse=True))
 async def chat(
     body: ChatRequest,
     request: Request,
@@ -95,7 +98,7 @@ async def chat(
     return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
 
 
-@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse)
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse, responses=error_responses(404, 422))
 async def read_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> SessionResponse:
     session = sessions.get(session_id, owner=caller)
     return SessionResponse(
@@ -105,7 +108,7 @@ async def read_session(session_id: SessionIdPath, sessions: SessionsDep, caller:
     )
 
 
-@router.delete("/v1/chat/sessions/{session_id}", status_code=204)
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204, responses=error_responses(404, 422))
 async def delete_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> Response:
     sessions.delete(session_id, owner=caller)
     return Response(status_code=204)

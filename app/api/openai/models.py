@@ -1,7 +1,8 @@
 """Requests and responses of the OpenAI-compatible API. Requests own their conversion to engine params.
 
 Unlike the native schemas, unknown fields are ignored (clients send many this server has
-no use for) and values are read as OpenAI reads them (lax types).
+no use for). Types are exact, as OpenAI checks them: `"stream": 0` or `"max_tokens": "5"` is a 400,
+so that a request the published schema refuses is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from app.api.native.models import NonBlankText, SamplingFields, StopText, Text, Usage
+from app.api.native.models import NonBlankText, SamplingFields, StopText, Text, Usage, WholeNumber
 from app.core.config import ModelSettings
 from app.engine.types import ChatMessage, FinishReason, SamplingParams
 from app.services.generation import Completion
@@ -23,7 +24,7 @@ _SEED_RANGE = 2**63
 
 
 class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(OpenAIRequest):
@@ -34,18 +35,22 @@ class OpenAISampling(OpenAIRequest):
     """The fields both endpoints share, OpenAI's and the vLLM extras that clients send."""
 
     model: str | None = Field(None, description="Any name: the served model answers, under its own name.")
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: Annotated[int, Field(ge=1), WholeNumber] | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=128)
+    n: Annotated[int, Field(ge=1, le=128), WholeNumber] = 1
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
-    seed: int | None = Field(None, ge=-_SEED_RANGE, lt=_SEED_RANGE)
+    seed: Annotated[int, Field(ge=-_SEED_RANGE, lt=_SEED_RANGE), WholeNumber] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    top_k: int | None = Field(None, ge=-1, description="vLLM extra; -1 or 0 disables top-k.")
+    top_k: Annotated[int, Field(ge=-1), WholeNumber] | None = Field(
+        None, description="vLLM extra; -1 or 0 disables top-k."
+    )
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0, description="vLLM extra.")
-    min_tokens: int = Field(0, ge=0, description="vLLM extra: no end of text before this many tokens.")
+    min_tokens: Annotated[int, Field(ge=0), WholeNumber] = Field(
+        0, description="vLLM extra: no end of text before this many tokens."
+    )
     ignore_eos: bool = Field(False, description="vLLM extra: generate on past the end-of-text token.")
 
     @property
@@ -95,7 +100,9 @@ class ChatMessageParam(OpenAIRequest):
 
 class ChatCompletionRequest(OpenAISampling):
     messages: list[ChatMessageParam] = Field(min_length=1, max_length=1000)
-    max_completion_tokens: int | None = Field(None, ge=1, description="Takes precedence over max_tokens.")
+    max_completion_tokens: Annotated[int, Field(ge=1), WholeNumber] | None = Field(
+        None, description="Takes precedence over max_tokens."
+    )
 
     def _max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -28,13 +28,16 @@ from app.api.openai.models import (
     TextCompletion,
 )
 from app.api.openai.stream import openai_sse
+from app.api.openapi import GENERATION_ERRORS, error_responses
 from app.core.errors import ModelNotFound
 from app.model.runtime import ModelRuntime
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletion, responses=error_responses(*GENERATION_ERRORS, sse=True)
+)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
@@ -51,7 +54,7 @@ async def chat_completions(
     return chat_completion(head, await collect_all(runs, request), body.n)
 
 
-@router.post("/v1/completions", response_model=TextCompletion)
+@router.post("/v1/completions", response_model=TextCompletion, responses=error_responses(*GENERATION_ERRORS, sse=True))
 async def completions(
     body: CompletionRequest,
     request: Request,
@@ -79,7 +82,7 @@ async def list_models(runtime: RuntimeDep) -> ModelList:
     return ModelList(data=[_card(runtime)])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=error_responses(404))
 async def retrieve_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
     if model_id != runtime.served_name:
         raise ModelNotFound(f"the model '{model_id}' does not exist; this server serves '{runtime.served_name}'",

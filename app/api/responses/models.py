@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
-from app.api.native.models import NonBlankText, SamplingFields, Text
+from app.api.native.models import NonBlankText, SamplingFields, Text, WholeNumber
 from app.api.openai.models import ChatMessageParam, OpenAIRequest, ResponseHead
 from app.core.config import ModelSettings
 from app.engine.types import ChatMessage, SamplingParams
@@ -22,11 +22,15 @@ class ResponseRequest(OpenAIRequest):
     model: str | None = Field(None, description="Any name: the served model answers, under its own name.")
     input: NonBlankText | Annotated[list[ChatMessageParam], Field(min_length=1, max_length=1000)]
     instructions: Text | None = Field(None, description="A system message put before the input.")
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: Annotated[int, Field(ge=1), WholeNumber] | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stream: bool = False
-    previous_response_id: str | None = None
+    previous_response_id: Annotated[
+        str | None,
+        # Declared as a string so that a client sending one learns why it is refused (400).
+        WithJsonSchema({"type": "null", "description": "Always null: no response is stored here."}),
+    ] = None
 
     @field_validator("previous_response_id")
     @classmethod

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import __version__
 from app.api.dependencies import MetricsDep, PolicyDep, RuntimeDep, SessionsDep, SettingsDep
 from app.api.guard import Gatekeeper
+from app.api.openapi import RETRY_AFTER
 from app.api.system.models import (
     AuthStatus,
     CacheStatus,
@@ -40,7 +41,13 @@ HEALTH_STATUS: dict[ModelState, HealthStatus] = {
 }
 
 
-@health_router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+@health_router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={
+        503: {"model": HealthResponse, "description": "Loading or unhealthy.", "headers": {"Retry-After": RETRY_AFTER}}
+    },
+)
 async def health(runtime: RuntimeDep) -> JSONResponse:
     ready = runtime.state is ModelState.READY
     body = HealthResponse(
@@ -80,6 +87,12 @@ async def status(
     )
 
 
-@metrics_router.get("/metrics", response_class=Response)
+@metrics_router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}
+    },
+)
 async def metrics(llm_metrics: MetricsDep) -> Response:
     return Response(generate_latest(llm_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,8 @@
 """Requests and responses of the Text Generation Inference (TGI) API, as huggingface_hub speaks it.
 
 Unknown fields are ignored, as TGI clients send parameters this server does not use
-(`typical_p`, `watermark`, `truncate`, `decoder_input_details`…).
+(`typical_p`, `watermark`, `truncate`, `decoder_input_details`…); types are exact, as the
+published schema says (TGI itself refuses `"details": 0` too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.native.models import NonBlankText, SamplingFields, StopText
+from app.api.native.models import NonBlankText, SamplingFields, StopText, WholeNumber
 from app.core.config import ModelSettings
 from app.engine.types import FinishReason, SamplingParams
 
@@ -18,22 +19,22 @@ TGIFinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
 class TGIRequestModel(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TGIParameters(TGIRequestModel):
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_new_tokens: Annotated[int, Field(ge=1), WholeNumber] | None = None
     do_sample: bool = False
     temperature: float | None = Field(None, ge=0.0, description="0 = greedy (TGI itself refuses 0).")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
+    top_k: Annotated[int, Field(ge=0), WholeNumber] | None = None
     typical_p: float | None = Field(None, gt=0.0, le=1.0, description="Accepted, not applied.")
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), WholeNumber] | None = None
     return_full_text: bool = False
     details: bool = False
-    best_of: int | None = Field(None, ge=1, le=1, description="Only 1.")
+    best_of: Annotated[int, Field(ge=1, le=1), WholeNumber] | None = Field(None, description="Only 1.")
 
     def samples(self) -> bool:
         """TGI samples when asked to, or when any sampling parameter is set off its neutral value."""
@@ -87,7 +88,8 @@ class TGIToken(BaseModel):
 class TGIDetails(BaseModel):
     finish_reason: TGIFinishReason
     generated_tokens: int
-    seed: int | None
+    seed: int | None = None
+    """The request's seed; left out of the answer (None fields are dropped) when none was sent."""
     prefill: list[TGIToken] = Field(default_factory=list)
     tokens: list[TGIToken] = Field(default_factory=list)
 
@@ -100,7 +102,7 @@ class TGIResponse(BaseModel):
 class TGIStreamDetails(BaseModel):
     finish_reason: TGIFinishReason
     generated_tokens: int
-    seed: int | None
+    seed: int | None = None
     input_length: int
 
 

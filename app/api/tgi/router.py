@@ -10,6 +10,7 @@ from sse_starlette import EventSourceResponse
 from app import __version__
 from app.api.collect import collect_unless_disconnected
 from app.api.dependencies import CompletionServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
+from app.api.openapi import GENERATION_ERRORS, SSE_ANSWER, error_responses
 from app.api.tgi.models import TGICompatRequest, TGIDetails, TGIInfo, TGIRequest, TGIResponse
 from app.api.tgi.stream import tgi_sse
 from app.core.config import Settings
@@ -43,7 +44,12 @@ async def _whole(body: TGIRequest, run: GenerationRun, request: Request) -> TGIR
     return TGIResponse(generated_text=prefix + completion.text, details=details if params.details else None)
 
 
-@router.post("/generate", response_model=TGIResponse, response_model_exclude_none=True)
+@router.post(
+    "/generate",
+    response_model=TGIResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(*GENERATION_ERRORS, 422),
+)
 async def generate(
     body: TGIRequest,
     request: Request,
@@ -55,7 +61,11 @@ async def generate(
     return await _whole(body, run, request)
 
 
-@router.post("/generate_stream", response_class=EventSourceResponse)
+@router.post(
+    "/generate_stream",
+    response_class=EventSourceResponse,
+    responses={**error_responses(*GENERATION_ERRORS, 422), 200: {**SSE_ANSWER, "description": "Server-Sent Events."}},
+)
 async def generate_stream(
     body: TGIRequest,
     request: Request,
@@ -67,7 +77,12 @@ async def generate_stream(
     return tgi_sse(run, body, request, settings.engine.sse_ping_s)
 
 
-@router.post("/", response_model=list[TGIResponse], response_model_exclude_none=True)
+@router.post(
+    "/",
+    response_model=list[TGIResponse],
+    response_model_exclude_none=True,
+    responses=error_responses(*GENERATION_ERRORS, 422, sse=True),
+)
 async def compat_generate(
     body: TGICompatRequest,
     request: Request,
@@ -83,7 +98,7 @@ async def compat_generate(
     return [await _whole(body, run, request)]
 
 
-@router.get("/info", response_model=TGIInfo)
+@router.get("/info", response_model=TGIInfo, responses=error_responses(503))
 async def info(ready: ReadyModelDep, settings: SettingsDep) -> TGIInfo:
     context = ready.info.context_length
     return TGIInfo(
