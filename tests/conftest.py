@@ -270,3 +270,18 @@ def poll(condition: Callable[[], bool], timeout_s: float = 30, interval_s: float
             return False
         time.sleep(interval_s)
     return True
+
+
+def sse_data(client: httpx.Client, path: str, body: dict[str, Any]) -> list[str]:
+    """The `data:` payloads of an OpenAI stream; fails on any named event."""
+    with client.stream("POST", path, json={**body, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line and not line.startswith(":")]
+    assert not [line for line in lines if not line.startswith("data: ")], lines
+    return [line[len("data: ") :] for line in lines]
+
+
+def chunks_of(data: list[str]) -> list[dict[str, Any]]:
+    assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
+    return [json.loads(item) for item in data[:-1]]

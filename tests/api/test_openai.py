@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.errors import EngineOverloaded, GenerationTimeout
-from tests.conftest import assert_error, metric_value
+from tests.conftest import assert_error, chunks_of, metric_value, sse_data
 from tests.fakes import ScriptedEngine, decode_prompt
 
 SERVED = "scripted-model"
@@ -22,21 +22,6 @@ REPLY = "Hello to you too, my friend."
 @pytest.fixture(autouse=True)
 def scripted(engine: ScriptedEngine) -> None:
     engine.reply = lambda prompt: REPLY
-
-
-def sse_data(api: TestClient, path: str, body: dict[str, Any]) -> list[str]:
-    """The `data:` payloads of an OpenAI stream; fails on any named event."""
-    with api.stream("POST", path, json={**body, "stream": True}) as response:
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in response.iter_lines() if line and not line.startswith(":")]
-    assert not [line for line in lines if not line.startswith("data: ")], lines
-    return [line[len("data: ") :] for line in lines]
-
-
-def chunks_of(data: list[str]) -> list[dict[str, Any]]:
-    assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
-    return [json.loads(item) for item in data[:-1]]
 
 
 def test_chat_completion_shape(api: TestClient) -> None:
