@@ -48,7 +48,7 @@ run: $(STAMP)
 # The whole suite, printing the line coverage of app/ (settings in pyproject.toml, [tool.coverage]).
 test: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
-	$(BIN)/python -m pytest -q --cov=app --cov-report=term-missing:skip-covered
+	$(BIN)/python -m pytest -q --cov=app --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 # Unit and API tests only: no model, no server, the app over a scripted fake engine (under a minute).
 test-fast: $(STAMP)
