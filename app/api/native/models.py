@@ -52,6 +52,10 @@ def _whole_number(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+MAX_JSON_INT = 2**53 - 1
+"""The largest integer every JSON client represents exactly (a JavaScript number's limit): the
+bound of seeds, so no client's value is rounded on the way and the schema's bound is exact too."""
+
 WholeNumber = BeforeValidator(_whole_number)
 """For an `int` field: read an integer as JSON Schema's `integer` does, `5` or `5.0`, never `5.5`,
 `"5"` or `true`. Placed after the field's bounds, `Annotated[int, Field(ge=1), WholeNumber]`, as
@@ -73,7 +77,7 @@ class SamplingFields(StrictRequest):
     top_k: Annotated[int, Field(ge=0), WholeNumber] | None = Field(None, description="0 disables top-k.")
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stop: StopText | list[StopText] | None = Field(None, description="Stop text(s); never part of the output.")
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1), WholeNumber] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_JSON_INT), WholeNumber] | None = None
     stream: bool = False
 
     def to_sampling_params(self, defaults: ModelSettings) -> SamplingParams:

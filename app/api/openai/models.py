@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from app.api.native.models import NonBlankText, SamplingFields, StopText, Text, Usage, WholeNumber
+from app.api.native.models import MAX_JSON_INT, NonBlankText, SamplingFields, StopText, Text, Usage, WholeNumber
 from app.core.config import ModelSettings
 from app.engine.types import ChatMessage, FinishReason, SamplingParams
 from app.services.generation import Completion
@@ -40,7 +40,7 @@ class OpenAISampling(OpenAIRequest):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: Annotated[int, Field(ge=1, le=128), WholeNumber] = 1
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
-    seed: Annotated[int, Field(ge=-_SEED_RANGE, lt=_SEED_RANGE), WholeNumber] | None = None
+    seed: Annotated[int, Field(ge=-MAX_JSON_INT, le=MAX_JSON_INT), WholeNumber] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.native.models import NonBlankText, SamplingFields, StopText, WholeNumber
+from app.api.native.models import MAX_JSON_INT, NonBlankText, SamplingFields, StopText, WholeNumber
 from app.core.config import ModelSettings
 from app.engine.types import FinishReason, SamplingParams
 
@@ -31,7 +31,7 @@ class TGIParameters(TGIRequestModel):
     typical_p: float | None = Field(None, gt=0.0, le=1.0, description="Accepted, not applied.")
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1), WholeNumber] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_JSON_INT), WholeNumber] | None = None
     return_full_text: bool = False
     details: bool = False
     best_of: Annotated[int, Field(ge=1, le=1), WholeNumber] | None = Field(None, description="Only 1.")
