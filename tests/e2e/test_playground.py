@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from app.core.config import Settings
+from app.engine.types import BatchObserver
+from app.model.runtime import Progress, ReadyModel, ServingModelFactory
 from tests.api.conftest import fake_settings
 from tests.conftest import LiveServer, poll
 from tests.fakes import ScriptedEngine, decode_prompt, echo_reply, fake_serving_model, words
@@ -357,6 +361,50 @@ def test_a_burst_past_the_rate_limit_shows_the_retry_after_countdown(
     expect(alert).to_contain_text(re.compile(r"try again in \d+ s\."))
     expect(page.get_by_role("article")).to_have_count(2)
     assert watched.unexpected("429 (Too Many Requests)") == []
+
+
+def held_model(engine: ScriptedEngine, release: threading.Event) -> ServingModelFactory:
+    """The fake model, whose loading waits (on the loading thread) until the test releases it."""
+    ready = fake_serving_model(engine)
+
+    def build(settings: Settings, on_progress: Progress, on_batch: BatchObserver | None) -> ReadyModel:
+        on_progress("reading the weights")
+        release.wait(timeout=60)
+        return ready(settings, on_progress, on_batch)
+
+    return build
+
+
+def test_while_the_model_loads_the_page_shows_its_progress(pages: Callable[..., Watched]) -> None:
+    release = threading.Event()
+    settings = fake_settings(rate_limit={"enabled": False})
+    live = LiveServer(settings, serving_model=held_model(ScriptedEngine(), release)).start()
+    try:
+        watched = pages(live.url)
+        page = watched.page
+        alert = page.get_by_role("alert")
+        expect(alert).to_have_text("The model is loading (reading the weights)…")
+        send(page, "Are you there?")
+        expect(alert).to_have_text("The model is loading (reading the weights)…")
+        expect(page.get_by_role("textbox", name="Message")).to_have_value("Are you there?")
+        release.set()
+        expect(alert).to_have_text("The model is ready: send again.")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("article")).to_contain_text("finish: stop")
+        assert watched.unexpected("503 (Service Unavailable)") == []
+    finally:
+        release.set()
+        live.stop()
+
+
+def test_a_dropped_connection_says_so(fake: Fake, pages: Callable[..., Watched]) -> None:
+    watched = pages(fake.live.url)
+    page = watched.page
+    page.route("**/v1/chat", lambda route: route.abort("connectionreset"))
+    send(page, "Hello?")
+    expect(page.get_by_role("alert")).to_contain_text("The connection to the server was lost")
+    expect(page.get_by_role("article")).to_have_count(0)
+    assert watched.unexpected("ERR_CONNECTION_RESET") == []
 
 
 def test_usable_at_375_px_and_screenshots(fake: Fake, pages: Callable[..., Watched], tmp_path: Path) -> None:
