@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterator
+from fnmatch import fnmatch
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.api.playground.router import ASSETS, STATIC_DIR
 from tests.api.conftest import fake_settings, running_app
+from tests.conftest import ROOT
 from tests.fakes import ScriptedEngine
 
 PAGE_WEIGHT_LIMIT = 100_000
@@ -100,3 +103,11 @@ def test_without_the_playground_the_document_has_no_redirect() -> None:
     settings = fake_settings(playground={"enabled": False}, rate_limit={"enabled": False})
     with running_app(ScriptedEngine(), settings) as (_, client):
         assert set(client.get("/openapi.json").json()["paths"]["/"]) == {"post"}
+
+
+def test_the_static_files_ship_in_the_package() -> None:
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = package_data["app.api.playground"]
+    for path in STATIC_DIR.iterdir():
+        relative = path.relative_to(STATIC_DIR.parent).as_posix()
+        assert any(fnmatch(relative, pattern) for pattern in globs), relative

@@ -170,10 +170,12 @@ def test_controls_are_found_by_role_and_name_and_the_page_is_clean(fake: Fake, p
     for name in ("Send", "Stop", "Regenerate", "New chat", "Export JSON", "Download TXT"):
         expect(page.get_by_role("button", name=name, exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
+    expect(page.locator("[aria-live=polite]")).to_have_count(1)
     expect(page.get_by_role("spinbutton", name="Max tokens")).to_have_attribute("placeholder", "default 256")
     send(page, "Hello there")
     expect(page.get_by_role("article")).to_have_count(1)
     expect(page.get_by_role("article").first).to_contain_text("finish: stop")
+    expect(page.locator("[aria-live=polite]").get_by_role("article")).to_have_count(1)  # answers are announced
     paint = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null")
     print(f"first contentful paint: {paint} ms")
     assert watched.errors == []
@@ -276,6 +278,19 @@ def test_reload_restores_the_chat_and_exports_match_the_server(fake: Fake, pages
     expect(page.get_by_role("button", name="What is a mountain?", exact=True)).to_have_count(0)
     assert poll(lambda: fake.get(f"/v1/chat/sessions/{session_id}").status_code == 404)
     assert watched.errors == []
+
+
+def test_a_repeated_deterministic_question_shows_cached(fake: Fake, pages: Callable[..., Watched]) -> None:
+    page = pages(fake.live.url).page
+    page.get_by_role("spinbutton", name="Temperature").fill("0")
+    send(page, "Same question, same answer")
+    expect(page.get_by_role("article")).to_contain_text("not cached")
+    page.get_by_role("button", name="New chat").click()
+    send(page, "Same question, same answer")
+    meta = page.get_by_role("article").locator(".meta")
+    expect(meta).to_contain_text("finish: stop")
+    expect(meta.locator("span").first).to_have_text("cached")
+    assert [decode_prompt(r) for r in fake.engine.submitted].count(decode_prompt(fake.engine.submitted[-1])) == 1
 
 
 def test_model_output_is_rendered_as_text_never_as_html(fake: Fake, pages: Callable[..., Watched]) -> None:
