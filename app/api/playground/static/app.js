@@ -1,14 +1,26 @@
 // The playground: chat (or raw completion) over the server's own API, streamed token by token.
 import { Api, ApiError, ConnectionLost } from "./api.js";
 import { download, el, renderText } from "./render.js";
+import {
+  $,
+  addAnswer,
+  addMessage,
+  clearNotice,
+  countdown,
+  every,
+  figuresOf,
+  finish,
+  notice,
+  setNotice,
+  stopTicking,
+} from "./view.js";
 
 const KEY = "playground.key"; // sessionStorage: gone when the tab closes
 const CHATS = "playground.chats"; // localStorage: [{id, title}], newest first
 const CURRENT = "playground.current";
 
-const $ = (id) => document.getElementById(id);
 const api = new Api(() => sessionStorage.getItem(KEY) || "");
-const state = { sessionId: null, history: [], lastPrompt: "", lastAnswer: "", running: null, timer: null };
+const state = { sessionId: null, history: [], lastPrompt: "", lastAnswer: "", running: null };
 
 function init() {
   $("api-key").value = sessionStorage.getItem(KEY) || "";
@@ -43,33 +55,6 @@ function init() {
   if (current) openChat(current);
 }
 
-// ---- notices -------------------------------------------------------------------------------
-
-function notice(text) {
-  clearInterval(state.timer);
-  $("notice").textContent = text;
-  $("notice").hidden = false;
-}
-
-function clearNotice() {
-  clearInterval(state.timer);
-  $("notice").hidden = true;
-  $("notice").textContent = "";
-}
-
-function countdown(seconds, template, done) {
-  let left = Math.max(1, seconds);
-  notice(template(left));
-  state.timer = setInterval(() => {
-    left -= 1;
-    if (left > 0) $("notice").textContent = template(left);
-    else {
-      clearInterval(state.timer);
-      $("notice").textContent = done;
-    }
-  }, 1000);
-}
-
 function showError(error) {
   const id = error.requestId ? ` (request ${error.requestId})` : "";
   if (error instanceof ConnectionLost) {
@@ -95,7 +80,6 @@ function showError(error) {
 
 /** While the model loads, show its progress from /health until it is ready. */
 async function watchLoading() {
-  clearInterval(state.timer);
   const poll = async () => {
     let body = null;
     try {
@@ -105,18 +89,18 @@ async function watchLoading() {
       return;
     }
     if (body.status === "healthy") {
-      clearInterval(state.timer);
+      stopTicking();
       $("model").textContent = body.model_name;
-      $("notice").textContent = "The model is ready: send again.";
+      setNotice("The model is ready: send again.");
     } else if (body.status === "loading") {
-      $("notice").textContent = `The model is loading${body.progress ? ` (${body.progress})` : ""}…`;
+      setNotice(`The model is loading${body.progress ? ` (${body.progress})` : ""}…`);
     } else {
-      clearInterval(state.timer);
-      $("notice").textContent = `The model cannot serve: ${body.reason || body.status}.`;
+      stopTicking();
+      setNotice(`The model cannot serve: ${body.reason || body.status}.`);
     }
   };
   notice("The model is loading…");
-  state.timer = setInterval(poll, 1000);
+  every(1000, poll);
   await poll();
 }
 
@@ -239,62 +223,12 @@ async function deleteChat(id) {
   if (id === state.sessionId) newChat();
 }
 
-// ---- messages ------------------------------------------------------------------------------
-
-function addMessage(role, text) {
-  const node = el("div", `msg ${role}`, text);
-  $("messages").append(node);
-  return node;
-}
-
-/** An answer: role article, its text rendered safely, a footer for the figures. */
-function addAnswer() {
-  const article = el("article", "msg assistant");
-  const body = el("div", "body");
-  const meta = el("div", "meta");
-  article.append(body, meta);
-  $("messages").append(article);
-  return { article, body, meta };
-}
-
 function showAnswer(text, figures) {
   const answer = addAnswer();
   renderText(answer.body, text);
   finish(answer, text, figures || []);
   state.lastAnswer = text;
   return answer;
-}
-
-function finish(answer, text, figures) {
-  const copy = el("button", "", "Copy");
-  copy.type = "button";
-  copy.addEventListener("click", () => copyText(copy, text));
-  answer.meta.replaceChildren(...figures.map((figure) => el("span", "", figure)), copy);
-}
-
-async function copyText(button, text) {
-  try {
-    await navigator.clipboard.writeText(text);
-    button.textContent = "Copied";
-    setTimeout(() => (button.textContent = "Copy"), 1500);
-  } catch {
-    notice("The browser did not allow copying to the clipboard.");
-  }
-}
-
-function figuresOf(done, started, first, ended) {
-  const usage = done.usage || {};
-  const since = first ?? started;
-  const seconds = (ended - since) / 1000;
-  const rate = seconds > 0 && usage.completion_tokens ? (usage.completion_tokens / seconds).toFixed(1) : "–";
-  return [
-    done.cached ? "cached" : "not cached",
-    `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`,
-    `first token ${first === null ? "–" : Math.round(first - started)} ms`,
-    `${rate} tokens/s`,
-    `finish: ${done.finish_reason}`,
-    `request ${done.request_id}`,
-  ];
 }
 
 // ---- sending -------------------------------------------------------------------------------
