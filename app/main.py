@@ -21,6 +21,7 @@ from app.api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware, 
 from app.api.native import router as native
 from app.api.openai import router as openai
 from app.api.openapi import PROTECTED_ERRORS, error_responses, install_openapi
+from app.api.playground import router as playground
 from app.api.responses import router as responses
 from app.api.system import router as system
 from app.api.tgi import router as tgi
@@ -101,6 +102,9 @@ def create_app(
     for module in (native, openai, responses, tgi, system):
         app.include_router(module.router, dependencies=protected, responses=protected_responses)
     app.include_router(system.health_router)
+    if settings.playground.enabled:
+        app.include_router(playground.root_router)
+        app.include_router(playground.router)
     if settings.security.protect_metrics:
         app.include_router(system.metrics_router, dependencies=protected, responses=protected_responses)
     else:

@@ -208,6 +208,11 @@ class LoggingSettings(Section):
     """Log prompts and outputs (PII-redacted) with each finished generation."""
 
 
+class PlaygroundSettings(Section):
+    enabled: bool = True
+    """Serve the browser chat page at /playground (and redirect / to it); off: both are 404."""
+
+
 class Settings(BaseSettings):
     """Whole-service settings; nested keys in the environment use `__` (MODEL__NAME)."""
 
@@ -229,6 +234,7 @@ class Settings(BaseSettings):
     chat_history: ChatHistorySettings = ChatHistorySettings()
     pii: PIISettings = PIISettings()
     logging: LoggingSettings = LoggingSettings()
+    playground: PlaygroundSettings = PlaygroundSettings()
     huggingface_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("HUGGINGFACE_TOKEN", "HF_TOKEN", "huggingface_token")
     )
