@@ -1,1 +1,1 @@
-"""Use cases between HTTP and the engine: generation runs, chat turns, sessions. No torch here."""
+"""Use cases between HTTP and the engine: starting runs (prompts, chat turns), generation, sessions. No torch."""
