@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from app.core.config import NamedKey
+from app.core.config import NamedKey, Settings
+from app.core.usage import ANONYMOUS
 
 MAX_KEY_CHARS = 512
 
@@ -19,6 +20,16 @@ class Principal:
     """An authenticated caller. Only the name ever reaches logs, metrics and session owners."""
 
     name: str
+
+
+def key_name(index: int, entry: SecretStr | NamedKey) -> str:
+    """A key's name in logs, metrics and usage: its own, or `key-<n>` for a plain key (n from 1)."""
+    return entry.name if isinstance(entry, NamedKey) else f"key-{index}"
+
+
+def key_names(settings: Settings) -> list[str]:
+    """Every name usage may be counted under: the configured keys' and `anonymous` (a bounded set)."""
+    return [*(key_name(i, entry) for i, entry in enumerate(settings.security.api_keys, start=1)), ANONYMOUS]
 
 
 class ApiKeys:
@@ -31,9 +42,9 @@ class ApiKeys:
                     if entry.key_sha256 is not None
                     else _digest(entry.key.get_secret_value() if entry.key else "")
                 )
-                self._entries.append((entry.name, digest))
             else:
-                self._entries.append((f"key-{index}", _digest(entry.get_secret_value())))
+                digest = _digest(entry.get_secret_value())
+            self._entries.append((key_name(index, entry), digest))
 
     @property
     def enabled(self) -> bool:
