@@ -24,6 +24,7 @@ from app.api.openapi import PROTECTED_ERRORS, error_responses, install_openapi
 from app.api.responses import router as responses
 from app.api.system import router as system
 from app.api.tgi import router as tgi
+from app.api.usage import router as usage
 from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
 from app.core.logging import configure_logging
@@ -102,7 +103,7 @@ def create_app(
     install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
-    for module in (native, openai, responses, tgi, system):
+    for module in (native, openai, responses, tgi, usage, system):
         app.include_router(module.router, dependencies=protected, responses=protected_responses)
     app.include_router(system.health_router)
     if settings.security.protect_metrics:
