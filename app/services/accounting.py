@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app.core.errors import RateLimited
 from app.core.metrics import LLMMetrics
 from app.core.token_budget import Reservation, TokenBudget
 from app.core.usage import ANONYMOUS, UsageCounts, UsageStore
@@ -57,7 +58,7 @@ class Accounting:
             return None
         try:
             return budget.reserve(caller.identity, caller.key, tokens)
-        except Exception:
+        except RateLimited:
             self.usage.record(caller.usage_name, UsageCounts(rate_limited=1))
             raise
         finally:
