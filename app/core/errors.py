@@ -72,7 +72,6 @@ class TokensOverBudget(InvalidRequest):
     no wait would let it through, so it is no 429."""
 
     code = "tokens_over_budget"
-    reject_reason = "rate_limit"
 
 
 class RemoteAccessRefused(ServiceError):
