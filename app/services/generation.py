@@ -170,8 +170,10 @@ class GenerationRun:
 
     async def withdraw(self) -> None:
         """Close a run whose request failed as a whole (a sibling was not admitted): the
-        request's own error is what gets counted, not a cancellation."""
+        request's own error is what gets counted, not a cancellation, and nothing is charged."""
         self._failed = True
+        if isinstance(self._chunks, _ModelStream):
+            self._chunks.forgive()
         await self.aclose()
 
     def _log(self, completion: Completion, duration_s: float) -> None:
@@ -392,6 +394,10 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
 
     def __aiter__(self) -> _ModelStream:
         return self
+
+    def forgive(self) -> None:
+        """Charge nothing for this generation (its request as a whole was refused)."""
+        self._used = 0
 
     async def __anext__(self) -> GenerationChunk:
         chunk = await anext(self._chunks)
