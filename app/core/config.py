@@ -122,6 +122,11 @@ class NamedKey(Section):
         return self
 
 
+def key_name(index: int, entry: SecretStr | NamedKey) -> str:
+    """A key's name in logs, metrics and usage: its own, or `key-<n>` for a plain key (n from 1)."""
+    return entry.name if isinstance(entry, NamedKey) else f"key-{index}"
+
+
 class SecuritySettings(Section):
     api_keys: list[SecretStr | NamedKey] = []
     """Accepted API keys: plain strings or {name, key} / {name, key_sha256}. Empty: no auth."""
@@ -135,6 +140,16 @@ class SecuritySettings(Section):
     """Largest request body accepted: 413 beyond."""
     admin_keys: list[str] = []
     """Names of keys that may read any key's usage (GET /v1/usage?key=NAME)."""
+
+    def key_names(self) -> list[str]:
+        return [key_name(index, entry) for index, entry in enumerate(self.api_keys, start=1)]
+
+    @model_validator(mode="after")
+    def _admins_are_keys(self) -> SecuritySettings:
+        unknown = sorted(set(self.admin_keys) - set(self.key_names()))
+        if unknown:
+            raise ValueError(f"admin_keys names no configured key: {', '.join(unknown)}")
+        return self
 
 
 class RateLimitSettings(Section):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from app.core.config import NamedKey, Settings
+from app.core.config import NamedKey, Settings, key_name
 from app.core.usage import ANONYMOUS
 
 MAX_KEY_CHARS = 512
@@ -22,14 +22,9 @@ class Principal:
     name: str
 
 
-def key_name(index: int, entry: SecretStr | NamedKey) -> str:
-    """A key's name in logs, metrics and usage: its own, or `key-<n>` for a plain key (n from 1)."""
-    return entry.name if isinstance(entry, NamedKey) else f"key-{index}"
-
-
 def key_names(settings: Settings) -> list[str]:
     """Every name usage may be counted under: the configured keys' and `anonymous` (a bounded set)."""
-    return [*(key_name(i, entry) for i, entry in enumerate(settings.security.api_keys, start=1)), ANONYMOUS]
+    return [*settings.security.key_names(), ANONYMOUS]
 
 
 class ApiKeys:

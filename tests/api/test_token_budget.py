@@ -144,3 +144,19 @@ def test_openai_routes_share_the_budget(budgeted: TestClient) -> None:
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "token_rate_limited"
     assert remaining(refused) == 200 - used
+
+
+@pytest.mark.parametrize(
+    ("path", "request_body"),
+    [
+        ("/generate", {"inputs": PROMPT, "parameters": {"max_new_tokens": 150, "do_sample": True}}),
+        ("/v1/responses", {"input": PROMPT, "max_output_tokens": 150, "temperature": 0.7}),
+    ],
+)
+def test_tgi_and_responses_routes_pay_from_the_same_budget(
+    budgeted: TestClient, path: str, request_body: dict[str, Any]
+) -> None:
+    assert budgeted.post(path, headers=ALICE, json=request_body).status_code == 200
+    refused = budgeted.post(path, headers=ALICE, json=request_body)
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["retry-after"]) > 0
