@@ -128,3 +128,11 @@ def test_key_labels_are_the_configured_names_and_anonymous(metered: TestClient) 
         for sample in family.samples
     }
     assert labels == {"alice", "root", "key-3", "anonymous"}
+
+
+def test_failed_requests_count_nothing(metered: TestClient, engine: ScriptedEngine) -> None:
+    engine.fail_after_tokens = 1
+    assert metered.post("/v1/generate", headers=ALICE, json={"prompt": "x", "max_tokens": 4}).status_code == 500
+    engine.fail_after_tokens = None
+    assert metered.post("/v1/generate", headers=ALICE, json={"prompt": "x", "max_tokens": 4}).status_code == 200
+    assert metered.get("/v1/usage", headers=ALICE).json()["total"]["requests"] == 1
