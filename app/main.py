@@ -25,14 +25,18 @@ from app.api.playground import router as playground
 from app.api.responses import router as responses
 from app.api.system import router as system
 from app.api.tgi import router as tgi
+from app.api.usage import router as usage
 from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
 from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
 from app.core.rate_limit import RateLimiter
-from app.core.security import ApiKeys
+from app.core.security import ApiKeys, key_names
+from app.core.token_budget import TokenBudget
+from app.core.usage import MemoryUsageStore
 from app.model.runtime import ModelRuntime, ServingModelFactory, load_serving_model
+from app.services.accounting import Accounting, UsageMeter
 from app.services.generation import Completion, GenerationPolicy
 from app.services.sessions import SessionStore
 
@@ -94,12 +98,13 @@ def create_app(
         keys=ApiKeys(settings.security.api_keys),
         limiter=RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None,
         trust_forwarded_for=settings.rate_limit.trust_forwarded_for,
+        usage=policy.accounting.usage.store if policy.accounting else None,
     )
     install_error_handlers(app)
     install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
-    for module in (native, openai, responses, tgi, system):
+    for module in (native, openai, responses, tgi, usage, system):
         app.include_router(module.router, dependencies=protected, responses=protected_responses)
     app.include_router(system.health_router)
     if settings.playground.enabled:
@@ -162,7 +167,7 @@ def _end_process(message: str) -> None:
 
 def _build_policy(settings: Settings) -> GenerationPolicy:
     pii_entities = [*PII_ENTITIES, *settings.pii.custom_patterns]
-    llm_metrics = LLMMetrics(settings.model.resolved_served_name(), pii_entities)
+    llm_metrics = LLMMetrics(settings.model.resolved_served_name(), pii_entities, key_names(settings))
     cache: ResponseCache[Completion] | None = (
         ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None
     )
@@ -174,6 +179,10 @@ def _build_policy(settings: Settings) -> GenerationPolicy:
         log_prompts=settings.logging.log_prompts,
         flight_patience_s=settings.engine.queue_timeout_s + settings.engine.request_timeout_s,
         max_prompt_chars=settings.security.max_prompt_chars,
+        accounting=Accounting(
+            usage=UsageMeter(MemoryUsageStore(), llm_metrics),
+            budget=TokenBudget.from_settings(settings.rate_limit, settings.security.api_keys),
+        ),
     )
 
 

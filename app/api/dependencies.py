@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.core.config import Settings
 from app.core.metrics import LLMMetrics
 from app.model.runtime import ModelRuntime, ReadyModel
+from app.services.accounting import Caller
 from app.services.chat import ChatService
 from app.services.completion import CompletionService
 from app.services.generation import GenerationPolicy, GenerationService
@@ -60,8 +61,17 @@ def get_ready_model(runtime: RuntimeDep) -> ReadyModel:
 ReadyModelDep = Annotated[ReadyModel, Depends(get_ready_model)]
 
 
-def get_generation_service(ready: ReadyModelDep, policy: PolicyDep) -> GenerationService:
-    return GenerationService(ready.engine, ready.info.served_name, ready.info.context_length, policy)
+def get_caller(request: Request) -> Caller | None:
+    """Who pays for this request's generations, as the guard identified it (None on an open route)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    return caller
+
+
+CallerDep = Annotated[Caller | None, Depends(get_caller)]
+
+
+def get_generation_service(ready: ReadyModelDep, policy: PolicyDep, caller: CallerDep) -> GenerationService:
+    return GenerationService(ready.engine, ready.info.served_name, ready.info.context_length, policy, caller)
 
 
 GenerationServiceDep = Annotated[GenerationService, Depends(get_generation_service)]

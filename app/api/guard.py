@@ -7,6 +7,7 @@ a token too and a flood of bad keys ends in 429s. Rate-limit headers ride on eve
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Annotated
@@ -17,6 +18,8 @@ from starlette.datastructures import Headers
 from app.core.errors import RateLimited, Unauthorized
 from app.core.rate_limit import RateLimiter
 from app.core.security import ApiKeys, Principal
+from app.core.usage import ANONYMOUS, UsageCounts, UsageStore
+from app.services.accounting import Caller
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Gatekeeper:
     keys: ApiKeys
     limiter: RateLimiter | None
     trust_forwarded_for: bool = False
+    usage: UsageStore | None = None
+    """Where a request-rate 429 is counted against the caller's key name."""
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -57,12 +62,17 @@ async def guard(request: Request) -> Principal | None:
     gate: Gatekeeper = request.app.state.gatekeeper
     principal = gate.keys.authenticate(presented_key(request.headers)) if gate.keys.enabled else None
     request.state.principal = principal
+    identity = f"key:{principal.name}" if principal else f"ip:{client_ip(request, gate.trust_forwarded_for)}"
+    request.state.caller = Caller(
+        identity, principal.name if principal else None, functools.partial(add_response_headers, request)
+    )
     if gate.limiter is not None:
-        identity = f"key:{principal.name}" if principal else f"ip:{client_ip(request, gate.trust_forwarded_for)}"
         decision = gate.limiter.hit(identity)
         add_response_headers(request, decision.headers())
         if not decision.allowed:
             retry_s = decision.retry_after_s
+            if gate.usage is not None:
+                gate.usage.add(principal.name if principal else ANONYMOUS, UsageCounts(rate_limited=1))
             raise RateLimited(f"rate limit exceeded; retry in {retry_s} s", retry_after=retry_s)
     if gate.keys.enabled and principal is None:
         raise Unauthorized("missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>")

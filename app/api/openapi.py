@@ -14,12 +14,15 @@ Responses = dict[int | str, dict[str, Any]]
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "A bad request the schema cannot express: malformed JSON, a prompt longer than the model's "
-    "context, personal data refused (`pii.mode: block`); on OpenAI routes also any schema violation.",
+    "context, personal data refused (`pii.mode: block`), a reserve (prompt + max_tokens) larger than the "
+    "caller's whole token budget; on OpenAI routes also any schema violation.",
     401: "Missing or wrong API key.",
+    403: "The key may not do this (e.g. read another key's usage without being in `security.admin_keys`).",
     404: "Unknown resource.",
     413: "Prompt longer than `security.max_prompt_chars`, or body over `security.max_body_bytes`.",
     422: "The request does not match the schema; `param` names the field.",
-    429: "Rate limited: retry after `Retry-After` seconds.",
+    429: "Rate limited (request rate, token budget `token_rate_limited`, or daily quota `quota_exceeded`): "
+    "retry after `Retry-After` seconds.",
     500: "An unexpected failure (never a stack trace).",
     503: "Model loading or unhealthy, engine overloaded (queue full), or shutting down: retry after `Retry-After`.",
     504: "Generation exceeded `engine.request_timeout_s`.",
@@ -35,6 +38,9 @@ _RATE_LIMIT_HEADERS = {
     "X-RateLimit-Limit": _header("The caller's bucket capacity.", "integer"),
     "X-RateLimit-Remaining": _header("Whole requests left in the bucket.", "integer"),
     "X-RateLimit-Reset": _header("Seconds until the bucket is full again.", "integer"),
+    "X-RateLimit-Limit-Tokens": _header("The caller's token budget per minute (when one is set).", "integer"),
+    "X-RateLimit-Remaining-Tokens": _header("Whole tokens left in the budget.", "integer"),
+    "X-RateLimit-Reset-Tokens": _header("Seconds until the token budget is full again.", "integer"),
 }
 ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": _header("How to authenticate: `Bearer`.")},

@@ -109,12 +109,22 @@ class NamedKey(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     key: SecretStr | None = Field(None, min_length=8)
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    tokens_per_minute: int | None = Field(None, ge=0)
+    """This key's token budget per minute (prompt + max_tokens reserved); overrides
+    rate_limit.tokens_per_minute; 0: none for this key."""
+    tokens_per_day: int | None = Field(None, ge=0)
+    """Model tokens this key may use per UTC day; None or 0: no daily quota."""
 
     @model_validator(mode="after")
     def _exactly_one_secret(self) -> NamedKey:
         if (self.key is None) == (self.key_sha256 is None):
             raise ValueError("give exactly one of key or key_sha256")
         return self
+
+
+def key_name(index: int, entry: SecretStr | NamedKey) -> str:
+    """A key's name in logs, metrics and usage: its own, or `key-<n>` for a plain key (n from 1)."""
+    return entry.name if isinstance(entry, NamedKey) else f"key-{index}"
 
 
 class SecuritySettings(Section):
@@ -128,6 +138,18 @@ class SecuritySettings(Section):
     """Longest prompt (or total of a chat turn's new messages) accepted: 413 beyond."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted: 413 beyond."""
+    admin_keys: list[str] = []
+    """Names of keys that may read any key's usage (GET /v1/usage?key=NAME)."""
+
+    def key_names(self) -> list[str]:
+        return [key_name(index, entry) for index, entry in enumerate(self.api_keys, start=1)]
+
+    @model_validator(mode="after")
+    def _admins_are_keys(self) -> SecuritySettings:
+        unknown = sorted(set(self.admin_keys) - set(self.key_names()))
+        if unknown:
+            raise ValueError(f"admin_keys names no configured key: {', '.join(unknown)}")
+        return self
 
 
 class RateLimitSettings(Section):
@@ -136,6 +158,9 @@ class RateLimitSettings(Section):
     """Sustained rate: the bucket refills at this many requests per minute."""
     burst_size: int = Field(30, ge=1)
     """Bucket capacity: requests allowed at once after a quiet spell."""
+    tokens_per_minute: int = Field(0, ge=0)
+    """Model tokens per minute per caller (prompt + max_tokens reserved at admission, the
+    unused rest returned); also the token bucket's capacity. 0: no token budget."""
     trust_forwarded_for: bool = False
     """Take the client IP from X-Forwarded-For (only behind a proxy you control)."""
 

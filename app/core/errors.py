@@ -67,6 +67,13 @@ class Unauthorized(ServiceError):
         return {**super().response_headers(), "WWW-Authenticate": 'Bearer realm="llm-fastapi-service"'}
 
 
+class TokensOverBudget(InvalidRequest):
+    """A request whose reserve (prompt + max_tokens) is more than the caller's whole budget:
+    no wait would let it through, so it is no 429."""
+
+    code = "tokens_over_budget"
+
+
 class RemoteAccessRefused(ServiceError):
     """A server with no API key reached through a non-loopback address."""
 
@@ -74,6 +81,12 @@ class RemoteAccessRefused(ServiceError):
     error_type = "permission_error"
     code = "remote_access_refused"
     reject_reason = "auth"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
 
 
 class NotFound(ServiceError):
@@ -88,6 +101,10 @@ class SessionNotFound(NotFound):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
 
 
 class MethodNotAllowed(ServiceError):
@@ -119,6 +136,18 @@ class RateLimited(ServiceError):
     error_type = "rate_limit_error"
     code = "rate_limited"
     reject_reason = "rate_limit"
+
+
+class TokenRateLimited(RateLimited):
+    """The caller's token budget per minute cannot hold this request's reserve yet."""
+
+    code = "token_rate_limited"
+
+
+class QuotaExceeded(RateLimited):
+    """The key's tokens for this UTC day are spent."""
+
+    code = "quota_exceeded"
 
 
 class HTTPStatusError(ServiceError):

@@ -58,7 +58,7 @@ class _LiveCollector(Collector):
 
 
 class LLMMetrics:
-    def __init__(self, model_name: str, pii_entities: Iterable[str] = ()) -> None:
+    def __init__(self, model_name: str, pii_entities: Iterable[str] = (), key_names: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         self.model_name = model_name
         registry = self.registry
@@ -92,11 +92,24 @@ class LLMMetrics:
         self.pii_redactions = Counter(
             "llm_pii_redactions", "PII occurrences redacted, by entity.", ["entity"], registry=registry
         )
+        self.key_requests = Counter(
+            "llm_key_requests", "Requests answered, by key name (`anonymous` without one).", ["key"], registry=registry
+        )
+        self.key_tokens = Counter(
+            "llm_key_tokens",
+            "Tokens in the answers, by key name and kind (prompt | completion); cache hits included.",
+            ["key", "kind"],
+            registry=registry,
+        )
         self.model_info = Info("llm_model", "The model being served.", registry=registry)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
         for entity in pii_entities:
             self.pii_redactions.labels(entity)
+        for key in key_names:
+            self.key_requests.labels(key)
+            self.key_tokens.labels(key, "prompt")
+            self.key_tokens.labels(key, "completion")
         for family in (self.tokens_generated, self.prompt_tokens, self.time_to_first_token, self.time_per_output_token):
             family.labels(model_name)
 
@@ -109,6 +122,12 @@ class LLMMetrics:
             self.rejected.labels(reason).inc()
             if reason == "rate_limit":
                 self.rate_limited.inc()
+
+    def count_key_usage(self, key: str, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
+        """`key` is a configured key name or `anonymous`: a bounded set."""
+        self.key_requests.labels(key).inc(requests)
+        self.key_tokens.labels(key, "prompt").inc(prompt_tokens)
+        self.key_tokens.labels(key, "completion").inc(completion_tokens)
 
     def count_redactions(self, counts: Tally[str]) -> None:
         for entity, count in counts.items():

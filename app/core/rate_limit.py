@@ -31,11 +31,12 @@ class Decision:
     retry_after_s: int
     """Seconds until one request is allowed again (Retry-After); 0 when allowed."""
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, suffix: str = "") -> dict[str, str]:
+        """X-RateLimit-Limit/Remaining/Reset, each name followed by `suffix` (e.g. "-Tokens")."""
         return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(self.reset_s),
+            f"X-RateLimit-Limit{suffix}": str(self.limit),
+            f"X-RateLimit-Remaining{suffix}": str(self.remaining),
+            f"X-RateLimit-Reset{suffix}": str(self.reset_s),
         }
 
 
@@ -55,10 +56,15 @@ class TokenBucket:
         return Decision(
             allowed=allowed,
             limit=int(self.capacity),
-            remaining=math.floor(self.tokens + 1e-9),
+            remaining=max(0, math.floor(self.tokens + 1e-9)),
             reset_s=math.ceil((self.capacity - self.tokens) / self.refill_per_s - 1e-9),
             retry_after_s=0 if allowed else max(1, math.ceil((cost - self.tokens) / self.refill_per_s - 1e-9)),
         )
+
+    def give_back(self, now: float, amount: float) -> None:
+        """Return `amount` (negative: charge it, even into debt) and refill; never above capacity."""
+        self.take(now, 0.0)
+        self.tokens = min(self.capacity, self.tokens + amount)
 
 
 class RateLimiter:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from app.core.config import NamedKey
+from app.core.config import NamedKey, Settings, key_name
+from app.core.usage import ANONYMOUS
 
 MAX_KEY_CHARS = 512
 
@@ -19,6 +20,11 @@ class Principal:
     """An authenticated caller. Only the name ever reaches logs, metrics and session owners."""
 
     name: str
+
+
+def key_names(settings: Settings) -> list[str]:
+    """Every name usage may be counted under: the configured keys' and `anonymous` (a bounded set)."""
+    return [*settings.security.key_names(), ANONYMOUS]
 
 
 class ApiKeys:
@@ -31,9 +37,9 @@ class ApiKeys:
                     if entry.key_sha256 is not None
                     else _digest(entry.key.get_secret_value() if entry.key else "")
                 )
-                self._entries.append((entry.name, digest))
             else:
-                self._entries.append((f"key-{index}", _digest(entry.get_secret_value())))
+                digest = _digest(entry.get_secret_value())
+            self._entries.append((key_name(index, entry), digest))
 
     @property
     def enabled(self) -> bool:

@@ -46,7 +46,8 @@ class ChatService:
         prompt = await asyncio.to_thread(self._prompts.build_chat, (), checked, choices[0].max_tokens)
         log_prompt = _log_prompt(checked)
         return await self._generation.start_choices(
-            request_id, [Choice(prompt.prompt_ids, params, log_prompt) for params in choices]
+            request_id,
+            [Choice(prompt.prompt_ids, params, log_prompt, counts_prompt=i == 0) for i, params in enumerate(choices)],
         )
 
     async def _start_turn(

@@ -35,9 +35,9 @@ class CompletionService:
         # Tokenising a long prompt takes a while: off the event loop.
         encoded = await asyncio.to_thread(lambda: [self._prompts.encode_prompt(prompt) for prompt in checked])
         choice_list = [
-            Choice(prompt_ids, params, log_prompt=prompt)
+            Choice(prompt_ids, params, log_prompt=prompt, counts_prompt=index == 0)
             for prompt, prompt_ids in zip(checked, encoded, strict=True)
-            for params in choices
+            for index, params in enumerate(choices)
         ]
         runs = await self._generation.start_choices(request_id, choice_list)
         return PromptRuns(prompts=checked, runs=runs)

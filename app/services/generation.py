@@ -1,14 +1,16 @@
 """The one path from a prompt to a completion, shared by every endpoint.
 
 `GenerationService.start` applies, in order: the response cache (a hit replays the stored
-answer; an identical request already running is joined, not repeated), admission to the
-engine, PII redaction of the output stream, and the LLM metrics. The input is checked before,
+answer; an identical request already running is joined, not repeated), the caller's token
+budget (only for the model's own work), admission to the engine, PII redaction of the output
+stream, the LLM metrics and the caller's usage. The input is checked before,
 by `check_prompt_size` and `check_input`, so the model, the cache key and the logs only see
 redacted text.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,7 +23,9 @@ from app.core.cache import Flight, ResponseCache
 from app.core.errors import PromptTooLong
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
+from app.core.token_budget import Reservation
 from app.engine.types import Engine, FinishReason, GenerationChunk, GenerationRequest, SamplingParams
+from app.services.accounting import Accounting, Caller, RequestTally
 
 logger = logging.getLogger("app.generation")
 
@@ -56,6 +60,8 @@ class GenerationPolicy:
     """How long an identical request waits for the running one before generating alone."""
     max_prompt_chars: int | None = None
     """Longest prompt (or total of a chat turn's new messages) accepted; None: no limit."""
+    accounting: Accounting | None = None
+    """Token budgets and usage per caller; None: neither."""
 
     def cacheable(self, params: SamplingParams) -> bool:
         return self.cache is not None and (
@@ -71,6 +77,8 @@ class Choice:
     params: SamplingParams
     log_prompt: str | None = None
     """The prompt as logged (when prompts are logged at all)."""
+    counts_prompt: bool = True
+    """Whether the prompt counts in the request's usage (once per prompt, however many choices)."""
 
 
 def choice_request_id(request_id: str, index: int) -> str:
@@ -162,8 +170,10 @@ class GenerationRun:
 
     async def withdraw(self) -> None:
         """Close a run whose request failed as a whole (a sibling was not admitted): the
-        request's own error is what gets counted, not a cancellation."""
+        request's own error is what gets counted, not a cancellation, and nothing is charged."""
         self._failed = True
+        if isinstance(self._chunks, _ModelStream):
+            self._chunks.forgive()
         await self.aclose()
 
     def _log(self, completion: Completion, duration_s: float) -> None:
@@ -181,11 +191,20 @@ class GenerationRun:
 
 
 class GenerationService:
-    def __init__(self, engine: Engine, model_name: str, context_length: int, policy: GenerationPolicy) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        context_length: int,
+        policy: GenerationPolicy,
+        caller: Caller | None = None,
+    ) -> None:
         self._engine = engine
         self._model_name = model_name
         self._context_length = context_length
         self._policy = policy
+        self._caller = caller
+        """Who pays; None: nobody is charged or counted."""
 
     def check_prompt_size(self, chars: int, param: str) -> None:
         """PromptTooLong (413) if `chars` characters of input are over the limit."""
@@ -201,10 +220,11 @@ class GenerationService:
         """One run per choice under `choice_request_id`, admitted all or none: if one cannot be
         admitted, those already admitted are closed and the error is raised."""
         runs: list[GenerationRun] = []
+        tally = self._tally(len(choices))
         try:
             for index, choice in enumerate(choices):
                 run_id = choice_request_id(request_id, index)
-                runs.append(self.start(run_id, choice.prompt_ids, choice.params, log_prompt=choice.log_prompt))
+                runs.append(self._start(run_id, choice, tally))
         except BaseException:
             for run in runs:
                 await run.withdraw()
@@ -221,7 +241,21 @@ class GenerationService:
         on_success: OnSuccess | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> GenerationRun:
-        """Admit a generation (engine errors such as overloaded are raised here, at once)."""
+        """Admit a generation (engine errors such as overloaded, and an exhausted token budget,
+        are raised here, at once)."""
+        choice = Choice(prompt_ids, params, log_prompt)
+        return self._start(request_id, choice, self._tally(1), on_success=on_success, on_close=on_close)
+
+    def _start(
+        self,
+        request_id: str,
+        choice: Choice,
+        tally: RequestTally | None,
+        *,
+        on_success: OnSuccess | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> GenerationRun:
+        prompt_ids, params, log_prompt = choice.prompt_ids, choice.params, choice.log_prompt
         room = max(1, self._context_length - len(prompt_ids))
         if params.max_tokens > room:
             params = replace(params, max_tokens=room)
@@ -229,20 +263,25 @@ class GenerationService:
         policy = self._policy
         successes = [on_success] if on_success else []
         closes = [on_close] if on_close else []
+        if tally is not None:
+            successes.append(_counter(tally, choice.counts_prompt))
+            closes.append(tally.run_ended)
         cache = policy.cache
         if cache is None or not policy.cacheable(params):
-            return self._run(self._generate(request), successes, closes, log_prompt)
+            return self._run(self._generate(request, self._reserve(request)), successes, closes, log_prompt)
 
         key = cache_key(self._model_name, prompt_ids, params)
         stored = cache.get(key)
         flight = None if stored is not None else cache.flight(key)
         cache.count(hit=stored is not None or flight is not None)
         if stored is not None:
+            self._publish_budget()
             return self._run(_replay(stored), successes, closes, log_prompt, cached=True)
         if flight is not None:
-            return self._run(self._follow(cache, key, flight, request), successes, closes, log_prompt, cached=True)
+            follow = self._follow(cache, key, flight, request, self._free_ride())
+            return self._run(follow, successes, closes, log_prompt, cached=True)
 
-        chunks = self._generate(request)
+        chunks = self._generate(request, self._reserve(request))
         cache.take_off(key)
 
         async def land(completion: Completion) -> None:
@@ -270,12 +309,51 @@ class GenerationService:
             log_output=pii.for_log if logged else None,
         )
 
-    def _generate(self, request: GenerationRequest) -> Chunks:
-        """Submit now, so that admission errors surface before any response starts."""
-        return _ModelStream(self._engine.submit(request), self._policy)
+    def _tally(self, runs: int) -> RequestTally | None:
+        accounting, caller = self._policy.accounting, self._caller
+        if accounting is None or caller is None:
+            return None
+        return RequestTally(accounting.usage, caller.usage_name, runs)
+
+    def _reserve(self, request: GenerationRequest) -> Reservation | None:
+        """Hold the most this generation can use: its prompt and max_tokens (already capped)."""
+        accounting, caller = self._policy.accounting, self._caller
+        if accounting is None or caller is None:
+            return None
+        return accounting.reserve(caller, len(request.prompt_ids) + request.params.max_tokens)
+
+    def _free_ride(self) -> Reservation | None:
+        accounting, caller = self._policy.accounting, self._caller
+        return accounting.free_ride(caller) if accounting is not None and caller is not None else None
+
+    def _publish_budget(self) -> None:
+        accounting, caller = self._policy.accounting, self._caller
+        if accounting is not None and caller is not None:
+            accounting.publish_headers(caller)
+
+    def _generate(self, request: GenerationRequest, reservation: Reservation | None) -> _ModelStream:
+        """Submit now, so that admission errors surface before any response starts. Once the
+        engine has the request its prompt is charged, plus every token it produces; the rest
+        of the reservation is returned when the stream closes, however it ends."""
+        accounting = self._policy.accounting
+        settle: Callable[[int], None] | None = None
+        if accounting is not None and reservation is not None:
+            settle = functools.partial(accounting.settle, reservation)
+        try:
+            chunks = self._engine.submit(request)
+        except BaseException:
+            if settle is not None:
+                settle(0)
+            raise
+        return _ModelStream(chunks, self._policy, len(request.prompt_ids), settle)
 
     async def _follow(
-        self, cache: ResponseCache[Completion], key: str, flight: Flight[Completion], request: GenerationRequest
+        self,
+        cache: ResponseCache[Completion],
+        key: str,
+        flight: Flight[Completion],
+        request: GenerationRequest,
+        reservation: Reservation | None,
     ) -> Chunks:
         """Wait for the identical request already running; if it does not land (its client left
         or it failed), generate alone."""
@@ -285,7 +363,7 @@ class GenerationService:
         if completion is not None:
             yield _final_chunk(completion)
             return
-        own = _ModelStream(self._engine.submit(request), self._policy)
+        own = self._generate(request, reservation)
         try:
             async for chunk in own:
                 yield chunk
@@ -297,8 +375,16 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
     """The model's own output: PII-redacted as it streams, and measured. Closing it (even
     before the first chunk) aborts the engine request."""
 
-    def __init__(self, chunks: Chunks, policy: GenerationPolicy) -> None:
+    def __init__(
+        self,
+        chunks: Chunks,
+        policy: GenerationPolicy,
+        prompt_tokens: int,
+        settle: Callable[[int], None] | None = None,
+    ) -> None:
         self._chunks = chunks
+        self._used = prompt_tokens
+        self._settle = settle
         self._pii = policy.pii
         self._metrics = policy.metrics
         self._redactor = policy.pii.output_filter()
@@ -309,8 +395,13 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
     def __aiter__(self) -> _ModelStream:
         return self
 
+    def forgive(self) -> None:
+        """Charge nothing for this generation (its request as a whole was refused)."""
+        self._used = 0
+
     async def __anext__(self) -> GenerationChunk:
         chunk = await anext(self._chunks)
+        self._used = max(self._used, chunk.prompt_tokens + chunk.completion_tokens)
         now = time.perf_counter()
         if self._first_at is None:
             self._first_at = now
@@ -328,11 +419,21 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
         if self._closed:
             return
         self._closed = True
+        if self._settle is not None:
+            self._settle(self._used)
         if self._redactor is not None:
             self._pii.report_output(self._redactor)
         close = getattr(self._chunks, "aclose", None)
         if close is not None:
             await close()
+
+
+def _counter(tally: RequestTally, counts_prompt: bool) -> OnSuccess:
+    async def count(completion: Completion) -> None:
+        prompt_tokens = completion.prompt_tokens if counts_prompt else 0
+        tally.answer(prompt_tokens, completion.completion_tokens, completion.cached)
+
+    return count
 
 
 def _final_chunk(completion: Completion) -> GenerationChunk:

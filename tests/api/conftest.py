@@ -15,7 +15,11 @@ from fastapi.testclient import TestClient
 from app.api.guard import Gatekeeper
 from app.core.config import Settings, load_settings
 from app.core.rate_limit import RateLimiter
+from app.core.token_budget import TokenBudget
+from app.core.usage import MemoryUsageStore
 from app.main import create_app
+from app.services.accounting import Accounting, UsageMeter
+from app.services.generation import GenerationPolicy
 from tests.conftest import ROOT, poll
 from tests.fakes import ScriptedEngine, fake_serving_model
 
@@ -44,12 +48,19 @@ def running_app(
     engine: ScriptedEngine, settings: Settings, *, clock: Callable[[], float] | None = None
 ) -> Iterator[tuple[FastAPI, TestClient]]:
     """The app started (lifespan run, fake model loaded), with a client that talks to it in-process.
-    With `clock`, the rate limiter reads that clock instead of the real one. The engine's record
-    of submitted requests starts empty (the warm-up request is dropped from it)."""
+    With `clock`, the rate limiter, the token budget and the usage store (its UTC day too) read
+    that clock instead of the real ones. The engine's record of submitted requests starts empty
+    (the warm-up request is dropped from it)."""
     app = create_app(settings, serving_model=fake_serving_model(engine))
-    if clock is not None and settings.rate_limit.enabled:
+    if clock is not None:
+        policy: GenerationPolicy = app.state.policy
+        assert policy.accounting is not None
+        store = MemoryUsageStore(wall_clock=clock)
+        budget = TokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, clock, clock)
+        app.state.policy = replace(policy, accounting=Accounting(UsageMeter(store, policy.metrics), budget=budget))
         gatekeeper: Gatekeeper = app.state.gatekeeper
-        app.state.gatekeeper = replace(gatekeeper, limiter=RateLimiter(settings.rate_limit, clock=clock))
+        limiter = RateLimiter(settings.rate_limit, clock=clock) if settings.rate_limit.enabled else None
+        app.state.gatekeeper = replace(gatekeeper, limiter=limiter, usage=store)
     with TestClient(app, raise_server_exceptions=False) as client:
         assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10, interval_s=0.002), client.get(
             "/health"

@@ -65,6 +65,8 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
         ("engine:\n  max_queue: -1\n", "engine.max_queue"),
         ("app:\n  port: 99999\n", "app.port"),
         ("model:\n  temprature: 0.5\n", "model.temprature"),
+        ("security:\n  api_keys: [plain-secret-key]\n  admin_keys: [key-2]\n", "security"),
+        ("security:\n  api_keys: [{name: a, key: a-secret-key, tokens_per_day: -1}]\n", "security.api_keys.0"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path: Path, yaml_text: str, key: str) -> None:

@@ -1,0 +1,1 @@
+"""Usage per API key: GET /v1/usage."""
