@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import NoReturn
 
 from fastapi import Depends, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -23,6 +24,7 @@ from app.api.openai import router as openai
 from app.api.openapi import PROTECTED_ERRORS, error_responses, install_openapi
 from app.api.responses import router as responses
 from app.api.system import router as system
+from app.api.templates import router as templates_api
 from app.api.tgi import router as tgi
 from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
@@ -34,6 +36,7 @@ from app.core.security import ApiKeys
 from app.model.runtime import ModelRuntime, ServingModelFactory, load_serving_model
 from app.services.generation import Completion, GenerationPolicy
 from app.services.sessions import SessionStore
+from app.services.templates import TemplateRegistry
 
 logger = logging.getLogger("app.main")
 
@@ -52,9 +55,16 @@ def create_app(
     With no settings (`uvicorn --factory app.main:create_app`) it prepares the process as
     `python -m app` does: settings from config and environment, JSON logging, and a model
     that cannot be loaded ends the process."""
+    serving = settings is None
     if settings is None:
         settings = serving_settings()
         on_fatal = on_fatal or _end_process
+    try:
+        templates = TemplateRegistry.load(settings.templates.dir)
+    except ConfigError as exc:
+        if serving:
+            config_failed(exc)
+        raise
     policy = _build_policy(settings)
     llm_metrics = policy.metrics
 
@@ -89,6 +99,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.policy = policy
+    app.state.templates = templates
     app.state.gatekeeper = Gatekeeper(
         keys=ApiKeys(settings.security.api_keys),
         limiter=RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None,
@@ -98,7 +109,7 @@ def create_app(
     install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
-    for module in (native, openai, responses, tgi, system):
+    for module in (native, openai, responses, tgi, templates_api, system):
         app.include_router(module.router, dependencies=protected, responses=protected_responses)
     app.include_router(system.health_router)
     if settings.security.protect_metrics:
@@ -121,11 +132,16 @@ def serving_settings() -> Settings:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        # Logging is not set up yet (its level is part of the configuration): one plain line.
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        config_failed(exc)
     configure_logging(settings.logging.level)
     return settings
+
+
+def config_failed(exc: ConfigError) -> NoReturn:
+    """End the process with one plain line on stderr and status 2."""
+    # Logging may not be set up yet (its level is part of the configuration): one plain line.
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def __getattr__(name: str) -> FastAPI:

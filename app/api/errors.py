@@ -112,6 +112,9 @@ def _is_field(part: object) -> bool:
 
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    if isinstance(exc, RequestValidationFailed) and isinstance(request.scope.get("route"), OpenAIRoute):
+        # A check past the schema (a template's variables) answers as the schema's own would.
+        exc = InvalidRequest(exc.message, param=exc.param)
     record_rejection(request, exc)
     if exc.status_code >= 500:
         logger.warning("request failed", extra={"code": exc.code, "status": exc.status_code})

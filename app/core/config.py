@@ -201,6 +201,11 @@ class ChatHistorySettings(Section):
     """Messages kept per session; the oldest go first."""
 
 
+class TemplatesSettings(Section):
+    dir: Path = Path("prompts/templates")
+    """Directory of prompt templates (`*.yml`); a broken file stops start-up."""
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
@@ -228,6 +233,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     chat_history: ChatHistorySettings = ChatHistorySettings()
     pii: PIISettings = PIISettings()
+    templates: TemplatesSettings = TemplatesSettings()
     logging: LoggingSettings = LoggingSettings()
     huggingface_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("HUGGINGFACE_TOKEN", "HF_TOKEN", "huggingface_token")

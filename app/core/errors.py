@@ -90,6 +90,10 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class TemplateNotFound(NotFound):
+    code = "template_not_found"
+
+
 class MethodNotAllowed(ServiceError):
     status_code = 405
     error_type = "invalid_request_error"

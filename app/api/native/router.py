@@ -14,6 +14,7 @@ from app.api.dependencies import (
     RequestIdDep,
     SessionsDep,
     SettingsDep,
+    TemplateRendererDep,
 )
 from app.api.guard import CallerNameDep
 from app.api.native.models import (
@@ -34,7 +35,7 @@ router = APIRouter(tags=["native"])
 
 
 @router.post(
-    "/v1/generate", response_model=GenerateResponse, responses=error_responses(*GENERATION_ERRORS, 422, sse=True)
+    "/v1/generate", response_model=GenerateResponse, responses=error_responses(*GENERATION_ERRORS, 404, 422, sse=True)
 )
 async def generate(
     body: GenerateRequest,
@@ -43,8 +44,12 @@ async def generate(
     completions: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
+    templates: TemplateRendererDep,
 ) -> Any:
-    started = await completions.start(request_id, [body.prompt], [body.to_sampling_params(settings.model)])
+    defaults = templates.sampling_defaults(body.template_id, settings.model)
+    source = body.prompt if body.template_id is None else templates.prompt(body.template_id, body.variables)
+    assert source is not None  # the request holds exactly one of the two
+    started = await completions.start(request_id, [source], [body.to_sampling_params(defaults)])
     [prompt], [run] = started.prompts, started.runs
 
     def build(completion: Completion) -> GenerateResponse:
@@ -74,11 +79,14 @@ async def chat(
     settings: SettingsDep,
     request_id: RequestIdDep,
     caller: CallerNameDep,
+    templates: TemplateRendererDep,
 ) -> Any:
+    messages = templates.chat(body.template_id, body.variables, [m.to_message() for m in body.messages])
+    defaults = templates.sampling_defaults(body.template_id, settings.model)
     [run] = await chat_service.start(
         request_id,
-        [m.to_message() for m in body.messages],
-        [body.to_sampling_params(settings.model)],
+        messages,
+        [body.to_sampling_params(defaults)],
         session_id=body.session_id,
         owner=caller,
     )
