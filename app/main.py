@@ -18,6 +18,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.guard import Gatekeeper, guard
+from app.api.idempotency import Idempotency, install_idempotency
 from app.api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware, RequestContextMiddleware
 from app.api.native import router as native
 from app.api.openai import router as openai
@@ -28,6 +29,7 @@ from app.api.templates import router as templates_api
 from app.api.tgi import router as tgi
 from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
+from app.core.idempotency import MemoryIdempotencyStore
 from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
@@ -106,6 +108,7 @@ def create_app(
         trust_forwarded_for=settings.rate_limit.trust_forwarded_for,
     )
     install_error_handlers(app)
+    install_idempotency(app, _idempotency(settings))
     install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
@@ -187,6 +190,14 @@ def _build_policy(settings: Settings) -> GenerationPolicy:
         flight_patience_s=settings.engine.queue_timeout_s + settings.engine.request_timeout_s,
         max_prompt_chars=settings.security.max_prompt_chars,
     )
+
+
+def _idempotency(settings: Settings) -> Idempotency | None:
+    if not settings.idempotency.enabled:
+        return None
+    # A waiting repeat waits no longer than the first request may take.
+    wait_s = settings.engine.queue_timeout_s + settings.engine.request_timeout_s
+    return Idempotency(MemoryIdempotencyStore(settings.idempotency), settings.idempotency.wait, wait_s)
 
 
 def _queue_counts(runtime: ModelRuntime) -> tuple[int, int]:

@@ -100,6 +100,23 @@ class MethodNotAllowed(ServiceError):
     code = "method_not_allowed"
 
 
+class IdempotencyInProgress(ServiceError):
+    """The first request with this Idempotency-Key still runs."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "idempotency_in_progress"
+    default_retry_after = 1
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An Idempotency-Key sent again with another request."""
+
+    status_code = 422
+    error_type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     error_type = "invalid_request_error"

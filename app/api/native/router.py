@@ -17,6 +17,7 @@ from app.api.dependencies import (
     TemplateRendererDep,
 )
 from app.api.guard import CallerNameDep
+from app.api.idempotency import IDEMPOTENT
 from app.api.native.models import (
     SESSION_ID_PATTERN,
     ChatMessageOut,
@@ -28,14 +29,17 @@ from app.api.native.models import (
     Usage,
 )
 from app.api.native.stream import respond
-from app.api.openapi import GENERATION_ERRORS, error_responses
+from app.api.openapi import GENERATION_ERRORS, IDEMPOTENCY_ERRORS, error_responses
 from app.services.generation import Completion
 
 router = APIRouter(tags=["native"])
 
 
 @router.post(
-    "/v1/generate", response_model=GenerateResponse, responses=error_responses(*GENERATION_ERRORS, 404, 422, sse=True)
+    "/v1/generate",
+    response_model=GenerateResponse,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
 )
 async def generate(
     body: GenerateRequest,
@@ -70,7 +74,12 @@ async def generate(
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 
-@router.post("/v1/chat", response_model=ChatResponse, responses=error_responses(*GENERATION_ERRORS, 404, 422, sse=True))
+@router.post(
+    "/v1/chat",
+    response_model=ChatResponse,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
+)
 async def chat(
     body: ChatRequest,
     request: Request,

@@ -18,6 +18,7 @@ from app.api.dependencies import (
     TemplateRendererDep,
 )
 from app.api.errors import OpenAIRoute
+from app.api.idempotency import IDEMPOTENT
 from app.api.openai.build import ChatChunks, CompletionChunks, chat_completion, text_completion
 from app.api.openai.models import (
     ChatCompletion,
@@ -29,7 +30,7 @@ from app.api.openai.models import (
     TextCompletion,
 )
 from app.api.openai.stream import openai_sse
-from app.api.openapi import GENERATION_ERRORS, error_responses
+from app.api.openapi import GENERATION_ERRORS, IDEMPOTENCY_ERRORS, error_responses
 from app.core.errors import ModelNotFound
 from app.model.runtime import ModelRuntime
 
@@ -37,7 +38,10 @@ router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
 
 @router.post(
-    "/v1/chat/completions", response_model=ChatCompletion, responses=error_responses(*GENERATION_ERRORS, 404, sse=True)
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
 )
 async def chat_completions(
     body: ChatCompletionRequest,
@@ -59,7 +63,10 @@ async def chat_completions(
 
 
 @router.post(
-    "/v1/completions", response_model=TextCompletion, responses=error_responses(*GENERATION_ERRORS, 404, sse=True)
+    "/v1/completions",
+    response_model=TextCompletion,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
 )
 async def completions(
     body: CompletionRequest,
