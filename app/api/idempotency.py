@@ -26,7 +26,8 @@ from app.core.idempotency import IdempotencyStore, StoredResponse
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEY_PATTERN = r"^[\x20-\x7E]{1,255}$"
-_CLAIM = "idempotency_claim"
+CLAIM = "idempotency_claim"
+"""Where the dependency leaves its claim for the recorder, in the request scope's state."""
 _UNSTORABLE = "idempotency_unstorable"
 _NOT_REPLAYED = {"content-length", "transfer-encoding", "date", "server"}
 
@@ -47,7 +48,7 @@ class IdempotentReplay(Exception):  # not an error: the stored answer on its way
 
 
 @dataclass
-class _Claim:
+class Claim:
     store: IdempotencyStore
     key: str
 
@@ -81,7 +82,7 @@ async def idempotency(
     while True:
         record = await settings.store.claim(store_key, fingerprint)
         if record is None:
-            request.scope.setdefault("state", {})[_CLAIM] = _Claim(settings.store, store_key)
+            request.scope.setdefault("state", {})[CLAIM] = Claim(settings.store, store_key)
             return
         if record.fingerprint != fingerprint:
             raise IdempotencyKeyReused(f"{HEADER} was used for another request", param=HEADER)
@@ -146,7 +147,7 @@ class IdempotencyRecorder:
             return message
 
         async def send_capturing(message: Message) -> None:
-            if state.get(_CLAIM) is not None:
+            if state.get(CLAIM) is not None:
                 capture.record(message)
             try:
                 await send(message)
@@ -157,7 +158,7 @@ class IdempotencyRecorder:
         try:
             await self.app(scope, receive_watching, send_capturing)
         finally:
-            claim: _Claim | None = state.get(_CLAIM)
+            claim: Claim | None = state.get(CLAIM)
             if claim is not None:
                 stored = None if state.get(_UNSTORABLE) else capture.stored()
                 if stored is not None:
