@@ -1,4 +1,5 @@
-"""The official openai SDK sends a template as `extra_body`; a live server over the scripted engine renders it."""
+"""The official openai SDK sends a template as `extra_body` and an Idempotency-Key as `extra_headers`,
+to a live server over the scripted engine."""
 
 from __future__ import annotations
 
@@ -43,3 +44,20 @@ def test_extra_body_carries_the_template(server: LiveServer, engine: ScriptedEng
     assert text.choices[0].text and "Stones sink." in decode_prompt(engine.submitted[-1])
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="any", prompt=None, extra_body={"template_id": "nope"})
+
+
+def test_extra_headers_carry_the_idempotency_key(server: LiveServer, engine: ScriptedEngine) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+    def ask() -> openai.types.chat.ChatCompletion:
+        return client.chat.completions.create(
+            model="any",
+            messages=[{"role": "user", "content": "Hi"}],
+            temperature=0.9,
+            extra_headers={"Idempotency-Key": "sdk-order-1"},
+        )
+
+    before = len(engine.submitted)
+    first, again = ask(), ask()
+    assert again.id == first.id and again.choices[0].message.content == first.choices[0].message.content
+    assert len(engine.submitted) == before + 1
