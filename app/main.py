@@ -28,7 +28,7 @@ from app.api.system import router as system
 from app.api.templates import router as templates_api
 from app.api.tgi import router as tgi
 from app.core.cache import ResponseCache
-from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
+from app.core.config import PII_ENTITIES, ConfigError, Settings, TemplatesSettings, load_settings
 from app.core.idempotency import MemoryIdempotencyStore
 from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
@@ -62,7 +62,9 @@ def create_app(
         settings = serving_settings()
         on_fatal = on_fatal or _end_process
     try:
-        templates = TemplateRegistry.load(settings.templates.dir)
+        # The default folder may be absent (a server started elsewhere); one that was named may not.
+        named = settings.templates.dir != TemplatesSettings().dir
+        templates = TemplateRegistry.load(settings.templates.dir, must_exist=named)
     except ConfigError as exc:
         if serving:
             config_failed(exc)

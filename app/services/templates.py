@@ -146,8 +146,10 @@ class TemplateRegistry:
         self._templates = {t.spec.id: t for t in templates}
 
     @classmethod
-    def load(cls, directory: Path) -> TemplateRegistry:
-        """Every `*.yml` of `directory` (none if it does not exist), or ConfigError naming the file."""
+    def load(cls, directory: Path, must_exist: bool = True) -> TemplateRegistry:
+        """Every `*.yml` of `directory`, or ConfigError naming the file (or the missing directory)."""
+        if must_exist and not directory.is_dir():
+            raise ConfigError(f"templates.dir: {directory} is not a directory")
         env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         # A template sees its declared variables and nothing else (no cycler, lipsum, range...).
         env.globals.clear()

@@ -122,6 +122,12 @@ def test_a_broken_file_stops_loading_with_one_line_naming_it(tmp_path: Path, bod
     assert str(caught.value).startswith(f"template {path}: ") and "\n" not in str(caught.value)
 
 
+def test_a_missing_directory_stops_loading_unless_it_may_be_absent(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^templates\.dir: "):
+        TemplateRegistry.load(tmp_path / "nowhere")
+    assert len(TemplateRegistry.load(tmp_path / "nowhere", must_exist=False)) == 0
+
+
 def test_two_files_with_one_id_stop_loading(tmp_path: Path) -> None:
     write(tmp_path, "a.yml", simple("{{ text }}"))
     write(tmp_path, "b.yml", simple("{{ text }}"))
