@@ -6,7 +6,8 @@ import sys
 
 import uvicorn
 
-from app.main import create_app, serving_settings
+from app.core.config import ConfigError
+from app.main import config_failed, create_app, serving_settings
 
 
 def main() -> int:
@@ -19,7 +20,10 @@ def main() -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_fatal=on_fatal)
+    try:
+        app = create_app(settings, on_fatal=on_fatal)
+    except ConfigError as exc:  # a broken prompt template
+        config_failed(exc)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import NoReturn
 
 from fastapi import Depends, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -17,6 +18,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.guard import Gatekeeper, guard
+from app.api.idempotency import Idempotency, install_idempotency
 from app.api.middleware import BodySizeLimitMiddleware, LoopbackOnlyMiddleware, RequestContextMiddleware
 from app.api.native import router as native
 from app.api.openai import router as openai
@@ -24,10 +26,12 @@ from app.api.openapi import PROTECTED_ERRORS, error_responses, install_openapi
 from app.api.playground import router as playground
 from app.api.responses import router as responses
 from app.api.system import router as system
+from app.api.templates import router as templates_api
 from app.api.tgi import router as tgi
 from app.api.usage import router as usage
 from app.core.cache import ResponseCache
-from app.core.config import PII_ENTITIES, ConfigError, Settings, load_settings
+from app.core.config import PII_ENTITIES, ConfigError, Settings, TemplatesSettings, load_settings
+from app.core.idempotency import MemoryIdempotencyStore
 from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
@@ -39,6 +43,7 @@ from app.model.runtime import ModelRuntime, ServingModelFactory, load_serving_mo
 from app.services.accounting import Accounting, UsageMeter
 from app.services.generation import Completion, GenerationPolicy
 from app.services.sessions import SessionStore
+from app.services.templates import TemplateRegistry
 
 logger = logging.getLogger("app.main")
 
@@ -57,9 +62,18 @@ def create_app(
     With no settings (`uvicorn --factory app.main:create_app`) it prepares the process as
     `python -m app` does: settings from config and environment, JSON logging, and a model
     that cannot be loaded ends the process."""
+    serving = settings is None
     if settings is None:
         settings = serving_settings()
         on_fatal = on_fatal or _end_process
+    try:
+        # The default folder may be absent (a server started elsewhere); one that was named may not.
+        named = settings.templates.dir != TemplatesSettings().dir
+        templates = TemplateRegistry.load(settings.templates.dir, must_exist=named)
+    except ConfigError as exc:
+        if serving:
+            config_failed(exc)
+        raise
     policy = _build_policy(settings)
     llm_metrics = policy.metrics
 
@@ -94,6 +108,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.policy = policy
+    app.state.templates = templates
     app.state.gatekeeper = Gatekeeper(
         keys=ApiKeys(settings.security.api_keys),
         limiter=RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None,
@@ -101,10 +116,11 @@ def create_app(
         usage=policy.accounting.usage.store if policy.accounting else None,
     )
     install_error_handlers(app)
+    install_idempotency(app, _idempotency(settings))
     install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
-    for module in (native, openai, responses, tgi, usage, system):
+    for module in (native, openai, responses, tgi, templates_api, usage, system):
         app.include_router(module.router, dependencies=protected, responses=protected_responses)
     app.include_router(system.health_router)
     if settings.playground.enabled:
@@ -130,11 +146,16 @@ def serving_settings() -> Settings:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        # Logging is not set up yet (its level is part of the configuration): one plain line.
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        config_failed(exc)
     configure_logging(settings.logging.level)
     return settings
+
+
+def config_failed(exc: ConfigError) -> NoReturn:
+    """End the process with one plain line on stderr and status 2."""
+    # Logging may not be set up yet (its level is part of the configuration): one plain line.
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def __getattr__(name: str) -> FastAPI:
@@ -184,6 +205,14 @@ def _build_policy(settings: Settings) -> GenerationPolicy:
             budget=TokenBudget.from_settings(settings.rate_limit, settings.security.api_keys),
         ),
     )
+
+
+def _idempotency(settings: Settings) -> Idempotency | None:
+    if not settings.idempotency.enabled:
+        return None
+    # A waiting repeat waits no longer than the first request may take.
+    wait_s = settings.engine.queue_timeout_s + settings.engine.request_timeout_s
+    return Idempotency(MemoryIdempotencyStore(settings.idempotency), settings.idempotency.wait, wait_s)
 
 
 def _queue_counts(runtime: ModelRuntime) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from app.services.chat import ChatService
 from app.services.completion import CompletionService
 from app.services.generation import GenerationPolicy, GenerationService
 from app.services.sessions import SessionStore
+from app.services.templates import TemplateRegistry, TemplateRenderer
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,6 +41,11 @@ def get_metrics(request: Request) -> LLMMetrics:
     return get_policy(request).metrics
 
 
+def get_templates(request: Request) -> TemplateRegistry:
+    templates: TemplateRegistry = request.app.state.templates
+    return templates
+
+
 def get_request_id(request: Request) -> str:
     request_id: str = request.state.request_id
     return request_id
@@ -51,6 +57,15 @@ SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 PolicyDep = Annotated[GenerationPolicy, Depends(get_policy)]
 MetricsDep = Annotated[LLMMetrics, Depends(get_metrics)]
+TemplatesDep = Annotated[TemplateRegistry, Depends(get_templates)]
+
+
+def get_template_renderer(templates: TemplatesDep, policy: PolicyDep) -> TemplateRenderer:
+    # Variables are checked for personal data as prompts are, before they are rendered in.
+    return TemplateRenderer(templates, policy.pii.check_input)
+
+
+TemplateRendererDep = Annotated[TemplateRenderer, Depends(get_template_renderer)]
 
 
 def get_ready_model(runtime: RuntimeDep) -> ReadyModel:

@@ -95,8 +95,10 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         return InvalidJSON("request body is not valid JSON in UTF-8")
-    loc = [str(part) for part in first.get("loc", ()) if part != "body" and _is_field(part)]
-    param = ".".join(loc) or None
+    raw_loc = tuple(first.get("loc", ()))
+    loc = [str(part) for part in raw_loc if part != "body" and _is_field(part)]
+    # A header is named as it is sent (`Idempotency-Key`), which is no identifier.
+    param = str(raw_loc[1]) if raw_loc[:1] == ("header",) and len(raw_loc) > 1 else ".".join(loc) or None
     message = first.get("msg", "invalid request")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
@@ -112,6 +114,9 @@ def _is_field(part: object) -> bool:
 
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    if isinstance(exc, RequestValidationFailed) and isinstance(request.scope.get("route"), OpenAIRoute):
+        # A check past the schema (a template's variables) answers as the schema's own would.
+        exc = InvalidRequest(exc.message, param=exc.param)
     record_rejection(request, exc)
     if exc.status_code >= 500:
         logger.warning("request failed", extra={"code": exc.code, "status": exc.status_code})

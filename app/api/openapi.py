@@ -10,6 +10,8 @@ from fastapi import FastAPI
 
 from app.api.errors import OPENAI_ROUTE_MARK, ErrorResponse
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
 Responses = dict[int | str, dict[str, Any]]
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
@@ -19,8 +21,10 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "Missing or wrong API key.",
     403: "The key may not do this (e.g. read another key's usage without being in `security.admin_keys`).",
     404: "Unknown resource.",
+    409: "A request with the same `Idempotency-Key` is still running: retry after `Retry-After`.",
     413: "Prompt longer than `security.max_prompt_chars`, or body over `security.max_body_bytes`.",
-    422: "The request does not match the schema; `param` names the field.",
+    422: "The request does not match the schema (`param` names the field), or its `Idempotency-Key` "
+    "was used for another request (`idempotency_key_reused`).",
     429: "Rate limited (request rate, token budget `token_rate_limited`, or daily quota `quota_exceeded`): "
     "retry after `Retry-After` seconds.",
     500: "An unexpected failure (never a stack trace).",
@@ -44,6 +48,7 @@ _RATE_LIMIT_HEADERS = {
 }
 ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": _header("How to authenticate: `Bearer`.")},
+    409: {"Retry-After": RETRY_AFTER},
     429: {"Retry-After": RETRY_AFTER, **_RATE_LIMIT_HEADERS},
     503: {"Retry-After": RETRY_AFTER},
 }
@@ -84,6 +89,9 @@ def error_responses(*statuses: int, sse: bool = False) -> Responses:
 
 GENERATION_ERRORS = (400, 413, 503, 504)
 """What every generating route may answer besides its protocol's schema-violation status."""
+KEY_REUSED = "The `Idempotency-Key` was used for another request (`idempotency_key_reused`)."
+IDEMPOTENCY_ERRORS = (409, 422)
+"""What a route that honours `Idempotency-Key` may answer: still running, or the key reused."""
 PROTECTED_ERRORS = (401, 429)
 """What every route behind the API key may answer."""
 
@@ -119,8 +127,13 @@ def install_openapi(app: FastAPI, keys_required: bool) -> None:
 
 def _correct(operation: dict[str, Any], keys_required: bool) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    idempotent = any(p.get("name") == IDEMPOTENCY_HEADER for p in operation.get("parameters", []))
     if operation.pop(OPENAI_ROUTE_MARK, False):
-        responses.pop("422", None)
+        # An OpenAI route says 400 for a schema violation; 422 only for a reused Idempotency-Key.
+        if idempotent and "422" in responses:
+            responses["422"]["description"] = KEY_REUSED
+        else:
+            responses.pop("422", None)
     for response in responses.values():
         response.setdefault("headers", {}).update(ALWAYS_SENT_HEADERS)
     if keys_required and "401" in responses:

@@ -11,6 +11,7 @@ from fastapi import Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.errors import record_rejection
+from app.api.idempotency import mark_unstorable
 from app.core.errors import GenerationFailed, ServiceError
 
 logger = logging.getLogger("app.api.sse")
@@ -37,12 +38,15 @@ async def guarded(
                 yield event
         except ServiceError as exc:
             record_rejection(request, exc)  # the response began: the HTTP mapping never sees this one
+            mark_unstorable(request.scope)
             yield error_event(exc)
         except (asyncio.CancelledError, GeneratorExit):
             logger.info("client disconnected; generation aborted")
+            mark_unstorable(request.scope)
             raise
         except Exception:
             logger.exception("stream failed")
+            mark_unstorable(request.scope)
             yield error_event(GenerationFailed("generation failed"))
     if closing is not None:
         yield closing

@@ -226,6 +226,22 @@ class ChatHistorySettings(Section):
     """Messages kept per session; the oldest go first."""
 
 
+class TemplatesSettings(Section):
+    dir: Path = Path("prompts/templates")
+    """Directory of prompt templates (`*.yml`); a broken file stops start-up."""
+
+
+class IdempotencySettings(Section):
+    enabled: bool = True
+    """Honour `Idempotency-Key` on generating POSTs: a repeat gets the stored answer."""
+    ttl_seconds: float = Field(86400.0, gt=0)
+    """How long a stored answer is replayed."""
+    wait: bool = False
+    """A repeat while the first still runs waits for its answer instead of a 409."""
+    max_entries: int = Field(10_000, ge=1)
+    """Answers kept at once; the oldest go first."""
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
@@ -258,6 +274,8 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     chat_history: ChatHistorySettings = ChatHistorySettings()
     pii: PIISettings = PIISettings()
+    templates: TemplatesSettings = TemplatesSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     logging: LoggingSettings = LoggingSettings()
     playground: PlaygroundSettings = PlaygroundSettings()
     huggingface_token: SecretStr | None = Field(

@@ -107,10 +107,31 @@ class KeyNotFound(NotFound):
     code = "key_not_found"
 
 
+class TemplateNotFound(NotFound):
+    code = "template_not_found"
+
+
 class MethodNotAllowed(ServiceError):
     status_code = 405
     error_type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class IdempotencyInProgress(ServiceError):
+    """The first request with this Idempotency-Key still runs."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "idempotency_in_progress"
+    default_retry_after = 1
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An Idempotency-Key sent again with another request."""
+
+    status_code = 422
+    error_type = "invalid_request_error"
+    code = "idempotency_key_reused"
 
 
 class PayloadTooLarge(ServiceError):

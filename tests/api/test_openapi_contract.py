@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.main import create_app
 from tests.api.conftest import fake_settings
@@ -53,4 +54,12 @@ def started_app() -> None:
 @schema.parametrize()
 @settings(max_examples=5, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_every_answer_is_the_documented_one(case: schemathesis.Case) -> None:
-    case.call_and_validate()
+    excluded = [positive_data_acceptance] if _idempotency_key(case) else []
+    case.call_and_validate(excluded_checks=excluded)
+
+
+def _idempotency_key(case: schemathesis.Case) -> bool:
+    """Cases drawn independently share Idempotency-Key values ("0"); a valid request may then meet a
+    key an earlier case used with another body, and the server is right to answer 422
+    `idempotency_key_reused`, a state no schema can state. The other checks still judge the answer."""
+    return any(name.lower() == "idempotency-key" for name in (case.headers or {}))

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.api.dependencies import get_runtime
 from app.api.errors import ErrorResponse
+from app.api.openapi import KEY_REUSED
 from tests.api.conftest import fake_settings, running_app
 from tests.conftest import assert_error
 from tests.fakes import ScriptedEngine
@@ -44,12 +45,15 @@ def test_a_405_allows_exactly_the_documented_methods_of_its_path(keyed_app: tupl
             assert allowed == documented, (method, path)
 
 
-def test_openai_routes_document_400_for_a_bad_request_and_never_422(keyed_app: tuple[FastAPI, TestClient]) -> None:
+def test_openai_routes_document_400_for_a_bad_request_and_422_only_for_a_reused_key(
+    keyed_app: tuple[FastAPI, TestClient],
+) -> None:
     app, client = keyed_app
     document = app.openapi()
     for path in OPENAI_POSTS:
         responses = document["paths"][path]["post"]["responses"]
-        assert "422" not in responses and "400" in responses, path
+        assert "400" in responses, path
+        assert "422" not in responses or responses["422"]["description"] == KEY_REUSED, path
         assert_error(client.post(path, json={"stream": 0}, headers=KEY), 400, code="invalid_request")
     assert "HTTPValidationError" not in document["components"]["schemas"]
 

@@ -19,6 +19,7 @@ SECTIONS = [
     "cache",
     "pii",
     "limits",
+    "templates",
 ]
 
 
@@ -33,6 +34,7 @@ def test_status_has_every_section_in_order(api: TestClient) -> None:
     assert body["rate_limit"]["enabled"] is False and "burst_size" in body["rate_limit"]
     assert body["limits"]["max_prompt_chars"] == 32_000
     assert "email" in body["pii"]["entities"]
+    assert {"id": "summarize", "version": "1"} in body["templates"]
 
 
 def test_status_body_is_in_the_openapi_schema(api: TestClient) -> None:

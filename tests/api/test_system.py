@@ -104,6 +104,7 @@ def test_status_shows_the_model_and_what_is_in_force(api: TestClient) -> None:
     status = api.get("/status").json()
     assert set(status) == {
         "status", "version", "uptime_s", "model", "sessions", "queue", "auth", "rate_limit", "cache", "pii", "limits",
+        "templates",
     }  # fmt: skip
     assert status["status"] == "healthy" and status["version"] == __version__ and status["uptime_s"] >= 0
     assert status["model"] == {

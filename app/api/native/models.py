@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.core.config import ModelSettings
 from app.engine.types import ChatMessage, SamplingParams
@@ -93,8 +105,60 @@ class SamplingFields(StrictRequest):
         )
 
 
-class GenerateRequest(SamplingFields):
-    prompt: NonBlankText
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def not_null(value: object) -> object:
+    """For a field whose absence means "not given": an explicit null is what the schema refuses."""
+    if value is None:
+        raise ValueError("must not be null")
+    return value
+
+
+def one_prompt_source(model: _M) -> _M:
+    """Exactly one of `prompt` and `template_id`; the error names the field, as a schema error does."""
+    prompt, template_id = getattr(model, "prompt", None), getattr(model, "template_id", None)
+    if (prompt is None) == (template_id is None):
+        error = (
+            InitErrorDetails(type="missing", loc=("prompt",), input=None)
+            if prompt is None
+            else InitErrorDetails(
+                type=PydanticCustomError("one_prompt_source", "give prompt or template_id, not both"),
+                loc=("template_id",),
+                input=template_id,
+            )
+        )
+        raise ValidationError.from_exception_data(type(model).__name__, [error])
+    return model
+
+
+TEMPLATE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+VariableValue = Annotated[str, AfterValidator(_valid_unicode)] | int | float | bool
+VARIABLES_DESCRIPTION = "Values of the template's variables, by name."
+
+
+class TemplateFields(BaseModel):
+    """`template_id` + `variables`: a prompt rendered from a server-side template."""
+
+    template_id: Annotated[str, Field(pattern=TEMPLATE_ID_PATTERN)] | SkipJsonSchema[None] = Field(
+        None, description="A template of GET /v1/templates."
+    )
+    variables: dict[str, VariableValue] = Field(default_factory=dict, description=VARIABLES_DESCRIPTION)
+
+    _no_null_template = field_validator("template_id", mode="before")(not_null)
+
+
+ONE_PROMPT_SOURCE: JsonDict = {"oneOf": [{"required": ["prompt"]}, {"required": ["template_id"]}]}
+"""The schema's reading of `_one_prompt_source`."""
+
+
+class GenerateRequest(SamplingFields, TemplateFields):
+    model_config = ConfigDict(json_schema_extra=ONE_PROMPT_SOURCE)
+
+    prompt: NonBlankText | SkipJsonSchema[None] = None
+
+    _no_null_prompt = field_validator("prompt", mode="before")(not_null)
+    _one_prompt_source = model_validator(mode="after")(one_prompt_source)
 
 
 class ChatMessageIn(StrictRequest):
@@ -105,7 +169,10 @@ class ChatMessageIn(StrictRequest):
         return ChatMessage(role=self.role, content=self.content)
 
 
-class ChatRequest(SamplingFields):
+class ChatRequest(SamplingFields, TemplateFields):
+    """With `template_id`, the rendered text is the content of the last message if that is the
+    user's, else a user message after the others."""
+
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
 

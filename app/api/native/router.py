@@ -14,8 +14,10 @@ from app.api.dependencies import (
     RequestIdDep,
     SessionsDep,
     SettingsDep,
+    TemplateRendererDep,
 )
 from app.api.guard import CallerNameDep
+from app.api.idempotency import IDEMPOTENT
 from app.api.native.models import (
     SESSION_ID_PATTERN,
     ChatMessageOut,
@@ -27,14 +29,17 @@ from app.api.native.models import (
     Usage,
 )
 from app.api.native.stream import respond
-from app.api.openapi import GENERATION_ERRORS, error_responses
+from app.api.openapi import GENERATION_ERRORS, IDEMPOTENCY_ERRORS, error_responses
 from app.services.generation import Completion
 
 router = APIRouter(tags=["native"])
 
 
 @router.post(
-    "/v1/generate", response_model=GenerateResponse, responses=error_responses(*GENERATION_ERRORS, 422, sse=True)
+    "/v1/generate",
+    response_model=GenerateResponse,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
 )
 async def generate(
     body: GenerateRequest,
@@ -43,8 +48,12 @@ async def generate(
     completions: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
+    templates: TemplateRendererDep,
 ) -> Any:
-    started = await completions.start(request_id, [body.prompt], [body.to_sampling_params(settings.model)])
+    defaults = templates.sampling_defaults(body.template_id, settings.model)
+    source = body.prompt if body.template_id is None else templates.prompt(body.template_id, body.variables)
+    assert source is not None  # the request holds exactly one of the two
+    started = await completions.start(request_id, [source], [body.to_sampling_params(defaults)])
     [prompt], [run] = started.prompts, started.runs
 
     def build(completion: Completion) -> GenerateResponse:
@@ -65,7 +74,12 @@ async def generate(
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 
-@router.post("/v1/chat", response_model=ChatResponse, responses=error_responses(*GENERATION_ERRORS, 404, 422, sse=True))
+@router.post(
+    "/v1/chat",
+    response_model=ChatResponse,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
+)
 async def chat(
     body: ChatRequest,
     request: Request,
@@ -74,11 +88,14 @@ async def chat(
     settings: SettingsDep,
     request_id: RequestIdDep,
     caller: CallerNameDep,
+    templates: TemplateRendererDep,
 ) -> Any:
+    messages = templates.chat(body.template_id, body.variables, [m.to_message() for m in body.messages])
+    defaults = templates.sampling_defaults(body.template_id, settings.model)
     [run] = await chat_service.start(
         request_id,
-        [m.to_message() for m in body.messages],
-        [body.to_sampling_params(settings.model)],
+        messages,
+        [body.to_sampling_params(defaults)],
         session_id=body.session_id,
         owner=caller,
     )

@@ -13,9 +13,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+from pydantic.config import JsonDict
 
-from app.api.native.models import MAX_JSON_INT, NonBlankText, SamplingFields, StopText, Text, Usage, WholeNumber
+from app.api.native.models import (
+    MAX_JSON_INT,
+    NonBlankText,
+    SamplingFields,
+    StopText,
+    TemplateFields,
+    Text,
+    Usage,
+    WholeNumber,
+    one_prompt_source,
+)
 from app.core.config import ModelSettings
 from app.engine.types import ChatMessage, FinishReason, SamplingParams
 from app.services.generation import Completion
@@ -98,7 +116,9 @@ class ChatMessageParam(OpenAIRequest):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=self.text())
 
 
-class ChatCompletionRequest(OpenAISampling):
+class ChatCompletionRequest(OpenAISampling, TemplateFields):
+    """`template_id` + `variables` (the SDK's `extra_body`) render the last user message's content."""
+
     messages: list[ChatMessageParam] = Field(min_length=1, max_length=1000)
     max_completion_tokens: Annotated[int, Field(ge=1), WholeNumber] | None = Field(
         None, description="Takes precedence over max_tokens."
@@ -111,12 +131,30 @@ class ChatCompletionRequest(OpenAISampling):
         return [m.to_message() for m in self.messages]
 
 
-class CompletionRequest(OpenAISampling):
-    prompt: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1, max_length=64)]
+ONE_OPENAI_PROMPT_SOURCE: JsonDict = {
+    "oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"not": {"type": "null"}}}},
+        {"required": ["template_id"]},
+    ]
+}
+"""The schema's reading of `one_prompt_source` where a null prompt counts as none."""
+
+
+class CompletionRequest(OpenAISampling, TemplateFields):
+    """`template_id` + `variables` (the SDK's `extra_body`) instead of `prompt`; a null `prompt` is
+    absent, since the SDK's `create` always sends one (`prompt=None`)."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_OPENAI_PROMPT_SOURCE)
+
+    prompt: NonBlankText | Annotated[list[NonBlankText], Field(min_length=1, max_length=64)] | None = None
     echo: bool = False
+
+    _one_prompt_source = model_validator(mode="after")(one_prompt_source)
 
     @property
     def prompts(self) -> list[str]:
+        if self.prompt is None:
+            return []
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
 

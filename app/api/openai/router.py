@@ -15,8 +15,10 @@ from app.api.dependencies import (
     RequestIdDep,
     RuntimeDep,
     SettingsDep,
+    TemplateRendererDep,
 )
 from app.api.errors import OpenAIRoute
+from app.api.idempotency import IDEMPOTENT
 from app.api.openai.build import ChatChunks, CompletionChunks, chat_completion, text_completion
 from app.api.openai.models import (
     ChatCompletion,
@@ -28,7 +30,7 @@ from app.api.openai.models import (
     TextCompletion,
 )
 from app.api.openai.stream import openai_sse
-from app.api.openapi import GENERATION_ERRORS, error_responses
+from app.api.openapi import GENERATION_ERRORS, IDEMPOTENCY_ERRORS, error_responses
 from app.core.errors import ModelNotFound
 from app.model.runtime import ModelRuntime
 
@@ -36,7 +38,10 @@ router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
 
 @router.post(
-    "/v1/chat/completions", response_model=ChatCompletion, responses=error_responses(*GENERATION_ERRORS, sse=True)
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
 )
 async def chat_completions(
     body: ChatCompletionRequest,
@@ -45,8 +50,11 @@ async def chat_completions(
     ready: ReadyModelDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
+    templates: TemplateRendererDep,
 ) -> Any:
-    runs = await chat_service.start(request_id, body.to_messages(), body.choice_params(settings.model))
+    messages = templates.chat(body.template_id, body.variables, body.to_messages())
+    defaults = templates.sampling_defaults(body.template_id, settings.model)
+    runs = await chat_service.start(request_id, messages, body.choice_params(defaults))
     mark_cache_result(request, all(run.cached for run in runs))
     head = ResponseHead.new("chatcmpl-", ready.info.served_name)
     if body.stream:
@@ -54,7 +62,12 @@ async def chat_completions(
     return chat_completion(head, await collect_all(runs, request), body.n)
 
 
-@router.post("/v1/completions", response_model=TextCompletion, responses=error_responses(*GENERATION_ERRORS, sse=True))
+@router.post(
+    "/v1/completions",
+    response_model=TextCompletion,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, 404, sse=True),
+    dependencies=IDEMPOTENT,
+)
 async def completions(
     body: CompletionRequest,
     request: Request,
@@ -62,8 +75,11 @@ async def completions(
     completion_service: CompletionServiceDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
+    templates: TemplateRendererDep,
 ) -> Any:
-    started = await completion_service.start(request_id, body.prompts, body.choice_params(settings.model))
+    defaults = templates.sampling_defaults(body.template_id, settings.model)
+    sources = body.prompts if body.template_id is None else [templates.prompt(body.template_id, body.variables)]
+    started = await completion_service.start(request_id, sources, body.choice_params(defaults))
     prompts, runs = started.prompts, started.runs  # prompts as the model saw them: what `echo` repeats
     mark_cache_result(request, all(run.cached for run in runs))
     head = ResponseHead.new("cmpl-", ready.info.served_name)

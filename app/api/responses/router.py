@@ -10,15 +10,21 @@ from fastapi import APIRouter, Request
 from app.api.collect import collect_unless_disconnected, mark_cache_result
 from app.api.dependencies import ChatServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
 from app.api.errors import OpenAIRoute
+from app.api.idempotency import IDEMPOTENT
 from app.api.openai.models import ResponseHead
-from app.api.openapi import GENERATION_ERRORS, error_responses
+from app.api.openapi import GENERATION_ERRORS, IDEMPOTENCY_ERRORS, error_responses
 from app.api.responses.models import ResponseObject, ResponseRequest, response_object
 from app.api.responses.stream import ResponseEvents, responses_sse
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
 
-@router.post("/v1/responses", response_model=ResponseObject, responses=error_responses(*GENERATION_ERRORS, sse=True))
+@router.post(
+    "/v1/responses",
+    response_model=ResponseObject,
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, sse=True),
+    dependencies=IDEMPOTENT,
+)
 async def create_response(
     body: ResponseRequest,
     request: Request,

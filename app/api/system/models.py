@@ -146,6 +146,11 @@ class LimitsStatus(BaseModel):
         )
 
 
+class TemplateStatus(BaseModel):
+    id: str
+    version: str
+
+
 class StatusResponse(BaseModel):
     """What runs and what is in force; never a key."""
 
@@ -160,3 +165,4 @@ class StatusResponse(BaseModel):
     cache: CacheStatus
     pii: PIIStatus
     limits: LimitsStatus
+    templates: list[TemplateStatus]

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
-from app.api.dependencies import MetricsDep, PolicyDep, RuntimeDep, SessionsDep, SettingsDep
+from app.api.dependencies import MetricsDep, PolicyDep, RuntimeDep, SessionsDep, SettingsDep, TemplatesDep
 from app.api.guard import Gatekeeper
 from app.api.openapi import RETRY_AFTER
 from app.api.system.models import (
@@ -24,6 +24,7 @@ from app.api.system.models import (
     QueueStatus,
     SessionsStatus,
     StatusResponse,
+    TemplateStatus,
 )
 from app.model.runtime import ModelState
 
@@ -68,7 +69,12 @@ async def live() -> dict[str, str]:
 
 @router.get("/status", response_model=StatusResponse)
 async def status(
-    runtime: RuntimeDep, sessions: SessionsDep, settings: SettingsDep, policy: PolicyDep, request: Request
+    runtime: RuntimeDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    policy: PolicyDep,
+    templates: TemplatesDep,
+    request: Request,
 ) -> StatusResponse:
     gate: Gatekeeper = request.app.state.gatekeeper
     auth = AuthStatus(enabled=gate.keys.enabled, keys=len(gate.keys), protect_metrics=settings.security.protect_metrics)
@@ -84,6 +90,7 @@ async def status(
         cache=CacheStatus.of(policy.cache.stats() if policy.cache else None, settings.cache),
         pii=PIIStatus.of(settings.pii, policy.pii.entity_names),
         limits=LimitsStatus.of(settings),
+        templates=[TemplateStatus(id=t.spec.id, version=t.spec.version) for t in templates],
     )
 
 

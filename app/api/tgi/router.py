@@ -10,7 +10,8 @@ from sse_starlette import EventSourceResponse
 from app import __version__
 from app.api.collect import collect_unless_disconnected
 from app.api.dependencies import CompletionServiceDep, ReadyModelDep, RequestIdDep, SettingsDep
-from app.api.openapi import GENERATION_ERRORS, SSE_ANSWER, error_responses
+from app.api.idempotency import IDEMPOTENT
+from app.api.openapi import GENERATION_ERRORS, IDEMPOTENCY_ERRORS, SSE_ANSWER, error_responses
 from app.api.tgi.models import TGICompatRequest, TGIDetails, TGIInfo, TGIRequest, TGIResponse
 from app.api.tgi.stream import tgi_sse
 from app.core.config import Settings
@@ -46,9 +47,10 @@ async def _whole(body: TGIRequest, run: GenerationRun, request: Request) -> TGIR
 
 @router.post(
     "/generate",
+    dependencies=IDEMPOTENT,
     response_model=TGIResponse,
     response_model_exclude_none=True,
-    responses=error_responses(*GENERATION_ERRORS, 422),
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS),
 )
 async def generate(
     body: TGIRequest,
@@ -63,8 +65,12 @@ async def generate(
 
 @router.post(
     "/generate_stream",
+    dependencies=IDEMPOTENT,
     response_class=EventSourceResponse,
-    responses={**error_responses(*GENERATION_ERRORS, 422), 200: {**SSE_ANSWER, "description": "Server-Sent Events."}},
+    responses={
+        **error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS),
+        200: {**SSE_ANSWER, "description": "Server-Sent Events."},
+    },
 )
 async def generate_stream(
     body: TGIRequest,
@@ -79,9 +85,10 @@ async def generate_stream(
 
 @router.post(
     "/",
+    dependencies=IDEMPOTENT,
     response_model=list[TGIResponse],
     response_model_exclude_none=True,
-    responses=error_responses(*GENERATION_ERRORS, 422, sse=True),
+    responses=error_responses(*GENERATION_ERRORS, *IDEMPOTENCY_ERRORS, sse=True),
 )
 async def compat_generate(
     body: TGICompatRequest,
