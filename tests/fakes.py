@@ -11,6 +11,7 @@ submitted and what was aborted. `fake_serving_model(engine)` is a `ServingModelF
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class ByteTokenizer:
     def apply_chat_template(
         self, messages: list[dict[str, str]], chat_template: str, tokenize: bool, add_generation_prompt: bool
     ) -> str:
-        return jinja2.Template(chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+        return _compiled(chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
 
 
 def decode_prompt(request: GenerationRequest) -> str:
@@ -194,3 +195,9 @@ def fake_serving_model(
         return ReadyModel(engine=engine, prompts=prompts, info=info)
 
     return build
+
+
+@functools.cache
+def _compiled(template: str) -> jinja2.Template:
+    """Compiling a template costs milliseconds; every app of the suite renders the same one."""
+    return jinja2.Template(template)
