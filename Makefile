@@ -50,9 +50,10 @@ test: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m pytest -q --cov=app --cov-report=term-missing:skip-covered --cov-fail-under=90
 
-# Unit and API tests only: no model, no server, the app over a scripted fake engine (under a minute).
+# Unit and API tests only: no model, no server, the app over a scripted fake engine; spread over
+# the cores (pytest-xdist), as every API test builds its own app. Under a minute.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit tests/api
+	$(BIN)/python -m pytest -q -n auto tests/unit tests/api
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
