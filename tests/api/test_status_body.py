@@ -19,6 +19,7 @@ SECTIONS = [
     "cache",
     "pii",
     "limits",
+    "defaults",
     "templates",
 ]
 

@@ -104,7 +104,7 @@ def test_status_shows_the_model_and_what_is_in_force(api: TestClient) -> None:
     status = api.get("/status").json()
     assert set(status) == {
         "status", "version", "uptime_s", "model", "sessions", "queue", "auth", "rate_limit", "cache", "pii", "limits",
-        "templates",
+        "defaults", "templates",
     }  # fmt: skip
     assert status["status"] == "healthy" and status["version"] == __version__ and status["uptime_s"] >= 0
     assert status["model"] == {
@@ -117,6 +117,9 @@ def test_status_shows_the_model_and_what_is_in_force(api: TestClient) -> None:
     assert status["cache"]["enabled"] is True and status["cache"]["capacity"] == 1024
     assert status["pii"]["mode"] == "redact" and "email" in status["pii"]["entities"]
     assert status["limits"]["max_prompt_chars"] == 32000 and status["limits"]["max_body_bytes"] == 1048576
+    assert status["defaults"] == {
+        "temperature": 0.7, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "max_tokens": 256,
+    }  # fmt: skip
     assert status["sessions"]["active"] == 0
 
 

@@ -175,6 +175,8 @@ def test_controls_are_found_by_role_and_name_and_the_page_is_clean(fake: Fake, p
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
     expect(page.locator("[aria-live=polite]")).to_have_count(1)
     expect(page.get_by_role("spinbutton", name="Max tokens")).to_have_attribute("placeholder", "default 256")
+    expect(page.get_by_role("spinbutton", name="Temperature")).to_have_attribute("placeholder", "default 0.7")
+    expect(page.get_by_role("spinbutton", name="Top p")).to_have_attribute("placeholder", "default 1")
     send(page, "Hello there")
     expect(page.get_by_role("article")).to_have_count(1)
     expect(page.get_by_role("article").first).to_contain_text("finish: stop")

@@ -146,6 +146,27 @@ class LimitsStatus(BaseModel):
         )
 
 
+class SamplingDefaults(BaseModel):
+    """What a request that leaves a sampling field out gets (the `model.*` settings)."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    max_tokens: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> SamplingDefaults:
+        model = settings.model
+        return cls(
+            temperature=model.temperature,
+            top_p=model.top_p,
+            top_k=model.top_k,
+            repetition_penalty=model.repetition_penalty,
+            max_tokens=model.default_max_tokens,
+        )
+
+
 class TemplateStatus(BaseModel):
     id: str
     version: str
@@ -165,4 +186,5 @@ class StatusResponse(BaseModel):
     cache: CacheStatus
     pii: PIIStatus
     limits: LimitsStatus
+    defaults: SamplingDefaults
     templates: list[TemplateStatus]

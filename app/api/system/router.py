@@ -22,6 +22,7 @@ from app.api.system.models import (
     ModelStatus,
     PIIStatus,
     QueueStatus,
+    SamplingDefaults,
     SessionsStatus,
     StatusResponse,
     TemplateStatus,
@@ -90,6 +91,7 @@ async def status(
         cache=CacheStatus.of(policy.cache.stats() if policy.cache else None, settings.cache),
         pii=PIIStatus.of(settings.pii, policy.pii.entity_names),
         limits=LimitsStatus.of(settings),
+        defaults=SamplingDefaults.of(settings),
         templates=[TemplateStatus(id=t.spec.id, version=t.spec.version) for t in templates],
     )
 

@@ -119,10 +119,10 @@ async function loadStatus() {
   try {
     const status = await api.json("GET", "status");
     $("model").textContent = status.model.served_name;
-    $("max-tokens").placeholder = `default ${status.limits.default_max_tokens}`;
+    $("max-tokens").placeholder = `default ${status.defaults.max_tokens}`;
     $("max-tokens").max = String(status.limits.max_tokens);
-    $("temperature").placeholder = "server default";
-    $("top-p").placeholder = "server default";
+    $("temperature").placeholder = `default ${status.defaults.temperature}`;
+    $("top-p").placeholder = `default ${status.defaults.top_p}`;
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) showError(error);
   }
