@@ -6,6 +6,7 @@ starts; the session fixture prepares it too when pytest is run on its own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -285,3 +286,12 @@ def sse_data(client: httpx.Client, path: str, body: dict[str, Any]) -> list[str]
 def chunks_of(data: list[str]) -> list[dict[str, Any]]:
     assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
     return [json.loads(item) for item in data[:-1]]
+
+
+async def until(condition: Callable[[], bool], real_s: float = 5.0) -> None:
+    """Let the loop run until `condition` holds (a state the test caused), at most `real_s` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + real_s
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)

@@ -4,7 +4,6 @@ a follower left to generate alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +17,7 @@ from app.core.usage import MemoryUsageStore
 from app.engine.types import SamplingParams
 from app.services.accounting import Accounting, Caller, UsageMeter
 from app.services.generation import Choice, Completion, GenerationPolicy, GenerationService
+from tests.conftest import until
 from tests.fakes import ScriptedEngine
 
 pytestmark = pytest.mark.anyio
@@ -47,15 +47,6 @@ def service(engine: ScriptedEngine, per_minute: int) -> tuple[GenerationService,
 
 def left(budget: TokenBudget) -> int:
     return int(budget.headers(CALLER.identity, CALLER.key)["X-RateLimit-Remaining-Tokens"])
-
-
-async def until(condition: Callable[[], bool], real_s: float = 5.0) -> None:
-    """Let the loop run until `condition` holds (a state the test caused), at most `real_s` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + real_s
-    while not condition():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.001)
 
 
 async def test_a_shared_answer_costs_the_follower_nothing() -> None:

@@ -5,7 +5,6 @@ boundaries, and what each run adds to the metrics. A scripted engine, the real p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pytest
@@ -17,6 +16,7 @@ from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
 from app.engine.types import SamplingParams
 from app.services.generation import Completion, GenerationPolicy, GenerationService, cache_key
+from tests.conftest import until
 from tests.fakes import ScriptedEngine
 
 pytestmark = pytest.mark.anyio
@@ -64,15 +64,6 @@ def setup(engine: ScriptedEngine | None = None, patience_s: float = 360.0) -> Se
         flight_patience_s=patience_s,
     )
     return Setup(engine, GenerationService(engine, "m", 4096, policy), metrics, cache)
-
-
-async def until(condition: Callable[[], bool], real_s: float = 5.0) -> None:
-    """Let the loop run until `condition` holds (a state the test caused), at most `real_s` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + real_s
-    while not condition():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.001)
 
 
 KEY = cache_key("m", PROMPT, GREEDY)
