@@ -117,7 +117,7 @@ def create_app(
     )
     install_error_handlers(app)
     install_idempotency(app, _idempotency(settings))
-    install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled)
+    install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled, templates=templates)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
     for module in (native, openai, responses, tgi, templates_api, usage, system):

@@ -4,11 +4,13 @@ FastAPI's generator needs to describe what the server really does."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
 
 from app.api.errors import OPENAI_ROUTE_MARK, ErrorResponse
+from app.services.templates import PromptTemplate
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -103,12 +105,14 @@ SECURITY_SCHEMES: dict[str, Any] = {
 """The two ways to present a key; either will do."""
 
 
-def install_openapi(app: FastAPI, keys_required: bool) -> None:
+def install_openapi(app: FastAPI, keys_required: bool, templates: Iterable[PromptTemplate] = ()) -> None:
     """Build the document on first use as FastAPI does, then correct it: OpenAI routes answer 400
     for a schema violation, never the 422 FastAPI adds to every route with parameters; the headers
-    every answer carries are stated once for all; and, when API keys are configured, every route
-    that may answer 401 names the key as its security requirement."""
+    every answer carries are stated once for all; when API keys are configured, every route
+    that may answer 401 names the key as its security requirement; and each template's
+    variables are stated for requests that name it."""
     generate = app.openapi
+    template_rules = [_template_rule(template) for template in templates]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -117,6 +121,7 @@ def install_openapi(app: FastAPI, keys_required: bool) -> None:
                 for operation in path.values():
                     _correct(operation, keys_required)
             _drop_unused_validation_schemas(schema)
+            _state_template_variables(schema, template_rules)
             if keys_required:
                 schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
             app.openapi_schema = schema
@@ -146,3 +151,22 @@ def _drop_unused_validation_schemas(schema: dict[str, Any]) -> None:
     if "#/components/schemas/HTTPValidationError" not in json.dumps(schema.get("paths", {})):
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+
+
+def _template_rule(template: PromptTemplate) -> dict[str, Any]:
+    """If a request names this template, its `variables` are the ones the template declares."""
+    variables = template.variables_schema()
+    then: dict[str, Any] = {"properties": {"variables": variables}}
+    if variables["required"]:
+        then["required"] = ["variables"]
+    return {
+        "if": {"properties": {"template_id": {"const": template.spec.id}}, "required": ["template_id"]},
+        "then": then,
+    }
+
+
+def _state_template_variables(schema: dict[str, Any], rules: list[dict[str, Any]]) -> None:
+    """Every request body that takes `template_id` gets one rule per loaded template."""
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        if rules and "template_id" in component.get("properties", {}):
+            component.setdefault("allOf", []).extend(rules)

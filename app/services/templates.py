@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
@@ -27,6 +27,8 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "number": (int, float),
     "boolean": (bool,),
 }
+_NO_NUL = r"^[^\u0000]*$"
+"""What a text value may hold (no NUL), as the API's text fields say."""
 _SAMPLES: dict[str, VariableValue] = {"string": "sample", "integer": 1, "number": 1.5, "boolean": True}
 
 
@@ -97,6 +99,19 @@ class PromptTemplate:
     @property
     def variables(self) -> list[TemplateVariable]:
         return list(self.spec.variables)
+
+    def variables_schema(self) -> dict[str, Any]:
+        """The JSON Schema of `variables` that `bind` enforces, for the API's document."""
+        properties: dict[str, Any] = {}
+        for declared in self.spec.variables:
+            kind: dict[str, Any] = {"type": declared.type}
+            if declared.type == "string":
+                kind["pattern"] = _NO_NUL
+                if declared.max_length is not None:
+                    kind["maxLength"] = declared.max_length
+            properties[declared.name] = kind
+        required = [v.name for v in self.spec.variables if v.is_required and v.default is None]
+        return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
     def bind(self, values: Mapping[str, object], redact: Redact) -> dict[str, VariableValue]:
         """The values the body sees: each checked against its declaration, strings PII-checked."""

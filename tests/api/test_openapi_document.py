@@ -150,3 +150,20 @@ def test_a_value_of_another_type_than_documented_is_refused(
 ) -> None:
     _, client = keyed_app
     assert_error(client.post(path, json=body, headers=KEY), status, param=param)
+
+
+def test_each_request_that_names_a_template_is_told_its_variables(keyed_app: tuple[FastAPI, TestClient]) -> None:
+    """A schema-valid template request is one the server takes: the document states what each
+    template needs (here summarize's required, bounded `text`), on every route that takes templates."""
+    app, client = keyed_app
+    schemas = app.openapi()["components"]["schemas"]
+    for name in ("GenerateRequest", "ChatRequest", "CompletionRequest", "ChatCompletionRequest"):
+        rules = {rule["if"]["properties"]["template_id"]["const"]: rule["then"] for rule in schemas[name]["allOf"]}
+        assert set(rules) == {"summarize", "classify", "extract_json"}, name
+        summarize = rules["summarize"]
+        assert summarize["required"] == ["variables"]
+        variables = summarize["properties"]["variables"]
+        assert variables["required"] == ["text"] and variables["additionalProperties"] is False
+        assert variables["properties"]["text"]["type"] == "string"
+    refused = client.post("/v1/generate", json={"template_id": "summarize", "variables": {}}, headers=KEY)
+    assert_error(refused, 422, code="validation_error", param="variables.text")

@@ -133,7 +133,7 @@ def one_prompt_source(model: _M) -> _M:
 
 
 TEMPLATE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-VariableValue = Annotated[str, AfterValidator(_valid_unicode)] | int | float | bool
+VariableValue = Text | int | float | bool
 VARIABLES_DESCRIPTION = "Values of the template's variables, by name."
 
 
