@@ -295,3 +295,19 @@ async def until(condition: Callable[[], bool], real_s: float = 5.0) -> None:
     while not condition():
         assert loop.time() < deadline, "the condition never held"
         await asyncio.sleep(0.001)
+
+
+RESPONSE_EVENTS_FIRST = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+]
+"""How a streamed Responses API answer opens."""
+RESPONSE_EVENTS_LAST_INCOMPLETE = [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.incomplete",
+]
+"""How it closes when max_output_tokens cut it short."""

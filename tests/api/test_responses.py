@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.errors import GenerationTimeout
-from tests.conftest import assert_error, iter_sse
+from tests.conftest import RESPONSE_EVENTS_FIRST, RESPONSE_EVENTS_LAST_INCOMPLETE, assert_error, iter_sse
 from tests.fakes import ScriptedEngine, decode_prompt
 
 REPLY = "Once there was a unicorn who slept."
@@ -56,18 +56,8 @@ def test_input_messages_with_text_parts(api: TestClient, engine: ScriptedEngine)
 def test_stream_events_in_order_and_numbered(api: TestClient) -> None:
     events = stream_events(api, {"input": "A story?", "max_output_tokens": 4})
     types = [event for event, _ in events]
-    assert types[:4] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-    ]
-    assert types[-4:] == [
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.incomplete",
-    ]
+    assert types[:4] == RESPONSE_EVENTS_FIRST
+    assert types[-4:] == RESPONSE_EVENTS_LAST_INCOMPLETE
     assert set(types[4:-4]) == {"response.output_text.delta"}
     assert [data["type"] for _, data in events] == types  # the event name repeats the data's type
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))

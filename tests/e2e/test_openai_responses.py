@@ -7,7 +7,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from tests.conftest import LiveServer
+from tests.conftest import RESPONSE_EVENTS_FIRST, RESPONSE_EVENTS_LAST_INCOMPLETE, LiveServer
 
 SERVED = "smollm2-135m-instruct"
 STORY = "Write a one-sentence bedtime story about a unicorn."
@@ -38,18 +38,8 @@ def test_readme_streaming_example_events(sdk: openai.OpenAI) -> None:
     stream = sdk.responses.create(model="gpt-5.5", input=STORY, stream=True, max_output_tokens=8, temperature=0)
     events = list(stream)
     types = [event.type for event in events]
-    assert types[:4] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-    ]
-    assert types[-4:] == [
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.incomplete",
-    ]
+    assert types[:4] == RESPONSE_EVENTS_FIRST
+    assert types[-4:] == RESPONSE_EVENTS_LAST_INCOMPLETE
     assert [event.sequence_number for event in events] == list(range(len(events)))
     deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
     assert len(deltas) >= 3

@@ -184,11 +184,7 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, completion: Completion) -> Usage:
-        return cls(
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            total_tokens=completion.total_tokens,
-        )
+        return cls.model_validate(completion, from_attributes=True)
 
 
 class GenerateResponse(BaseModel):

@@ -16,13 +16,7 @@ class UsagePeriod(BaseModel):
 
     @classmethod
     def of(cls, counts: UsageCounts) -> UsagePeriod:
-        return cls(
-            requests=counts.requests,
-            prompt_tokens=counts.prompt_tokens,
-            completion_tokens=counts.completion_tokens,
-            cached_requests=counts.cached_requests,
-            rate_limited=counts.rate_limited,
-        )
+        return cls.model_validate(counts, from_attributes=True)
 
 
 class UsageResponse(BaseModel):
