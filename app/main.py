@@ -29,20 +29,15 @@ from app.api.system import router as system
 from app.api.templates import router as templates_api
 from app.api.tgi import router as tgi
 from app.api.usage import router as usage
-from app.core.cache import ResponseCache
 from app.core.config import PII_ENTITIES, ConfigError, Settings, TemplatesSettings, load_settings
-from app.core.idempotency import MemoryIdempotencyStore
 from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
-from app.core.rate_limit import RateLimiter
 from app.core.security import ApiKeys, key_names
-from app.core.token_budget import TokenBudget
-from app.core.usage import MemoryUsageStore
 from app.model.runtime import ModelRuntime, ServingModelFactory, load_serving_model
 from app.services.accounting import Accounting, UsageMeter
-from app.services.generation import Completion, GenerationPolicy
-from app.services.sessions import SessionStore
+from app.services.generation import GenerationPolicy
+from app.services.state import SharedState, build_state
 from app.services.templates import TemplateRegistry
 
 logger = logging.getLogger("app.main")
@@ -74,15 +69,15 @@ def create_app(
         if serving:
             config_failed(exc)
         raise
-    policy = _build_policy(settings)
-    llm_metrics = policy.metrics
+    llm_metrics = _build_metrics(settings)
+    state = build_state(settings, llm_metrics)
+    policy = _build_policy(settings, llm_metrics, state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = ModelRuntime(settings, serving_model, on_batch=llm_metrics.observe_batch)
-        sessions = SessionStore(settings.chat_history)
+        sessions = state.sessions
         app.state.runtime = runtime
-        app.state.sessions = sessions
         llm_metrics.watch(
             LiveValues(
                 queue=lambda: _queue_counts(runtime),
@@ -98,6 +93,7 @@ def create_app(
             with suppress(asyncio.CancelledError):
                 await loading
             await runtime.shutdown()
+            await state.close()
 
     app = FastAPI(
         title="LLM FastAPI Service",
@@ -107,16 +103,18 @@ def create_app(
         responses=error_responses(500),
     )
     app.state.settings = settings
+    app.state.shared_state = state
+    app.state.sessions = state.sessions
     app.state.policy = policy
     app.state.templates = templates
     app.state.gatekeeper = Gatekeeper(
         keys=ApiKeys(settings.security.api_keys),
-        limiter=RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None,
+        limiter=state.limiter,
         trust_forwarded_for=settings.rate_limit.trust_forwarded_for,
-        usage=policy.accounting.usage.store if policy.accounting else None,
+        usage=state.usage,
     )
     install_error_handlers(app)
-    install_idempotency(app, _idempotency(settings))
+    install_idempotency(app, _idempotency(settings, state))
     install_openapi(app, keys_required=app.state.gatekeeper.keys.enabled, templates=templates)
     protected = [Depends(guard)]
     protected_responses = error_responses(*PROTECTED_ERRORS)
@@ -186,33 +184,30 @@ def _end_process(message: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _build_policy(settings: Settings) -> GenerationPolicy:
+def _build_metrics(settings: Settings) -> LLMMetrics:
     pii_entities = [*PII_ENTITIES, *settings.pii.custom_patterns]
-    llm_metrics = LLMMetrics(settings.model.resolved_served_name(), pii_entities, key_names(settings))
-    cache: ResponseCache[Completion] | None = (
-        ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None
-    )
+    return LLMMetrics(settings.model.resolved_served_name(), pii_entities, key_names(settings))
+
+
+def _build_policy(settings: Settings, llm_metrics: LLMMetrics, state: SharedState) -> GenerationPolicy:
     return GenerationPolicy(
         pii=PIIGuard(settings.pii, on_redaction=llm_metrics.count_redactions),
         metrics=llm_metrics,
-        cache=cache,
+        cache=state.cache,
         cache_deterministic_only=settings.cache.deterministic_only,
         log_prompts=settings.logging.log_prompts,
         flight_patience_s=settings.engine.queue_timeout_s + settings.engine.request_timeout_s,
         max_prompt_chars=settings.security.max_prompt_chars,
-        accounting=Accounting(
-            usage=UsageMeter(MemoryUsageStore(), llm_metrics),
-            budget=TokenBudget.from_settings(settings.rate_limit, settings.security.api_keys),
-        ),
+        accounting=Accounting(usage=UsageMeter(state.usage, llm_metrics), budget=state.budget),
     )
 
 
-def _idempotency(settings: Settings) -> Idempotency | None:
-    if not settings.idempotency.enabled:
+def _idempotency(settings: Settings, state: SharedState) -> Idempotency | None:
+    if state.idempotency is None:
         return None
     # A waiting repeat waits no longer than the first request may take.
     wait_s = settings.engine.queue_timeout_s + settings.engine.request_timeout_s
-    return Idempotency(MemoryIdempotencyStore(settings.idempotency), settings.idempotency.wait, wait_s)
+    return Idempotency(state.idempotency, settings.idempotency.wait, wait_s)
 
 
 def _queue_counts(runtime: ModelRuntime) -> tuple[int, int]:

@@ -28,6 +28,7 @@ from app.core.config import Settings, load_settings
 from app.main import create_app
 from app.model.runtime import ServingModelFactory, load_serving_model
 from app.prepare.prepare import prepare
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
@@ -58,6 +59,23 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server shared by the tests; each test keeps to its own key prefix
+    (`redis_server.settings()`)."""
+    server = RedisServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop, freeze and restart."""
+    server = RedisServer(free_port()).start()
+    yield server
+    server.stop()
 
 
 class LiveServer:

@@ -14,6 +14,7 @@ from app.services.chat import ChatService
 from app.services.completion import CompletionService
 from app.services.generation import GenerationPolicy, GenerationService
 from app.services.sessions import SessionStore
+from app.services.state import SharedState
 from app.services.templates import TemplateRegistry, TemplateRenderer
 
 
@@ -30,6 +31,11 @@ def get_runtime(request: Request) -> ModelRuntime:
 def get_sessions(request: Request) -> SessionStore:
     sessions: SessionStore = request.app.state.sessions
     return sessions
+
+
+def get_shared_state(request: Request) -> SharedState:
+    shared_state: SharedState = request.app.state.shared_state
+    return shared_state
 
 
 def get_policy(request: Request) -> GenerationPolicy:
@@ -54,6 +60,7 @@ def get_request_id(request: Request) -> str:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+SharedStateDep = Annotated[SharedState, Depends(get_shared_state)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 PolicyDep = Annotated[GenerationPolicy, Depends(get_policy)]
 MetricsDep = Annotated[LLMMetrics, Depends(get_metrics)]

@@ -242,6 +242,26 @@ class IdempotencySettings(Section):
     """Answers kept at once; the oldest go first."""
 
 
+class StateSettings(Section):
+    """Where shared state lives: sessions, rate limits, token budgets, usage, the response cache,
+    single flight and idempotency records."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    """memory: this process only (one replica); redis: shared by every replica using `redis_url`."""
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    """redis://[user:password@]host:port/db, or rediss:// for TLS. Secret: it may hold a password."""
+    key_prefix: str = Field("llm:", pattern=r"^[A-Za-z0-9:._-]{0,64}$")
+    """Prefix of every key written, so several deployments can share one Redis."""
+    timeout_s: float = Field(0.5, gt=0, le=30)
+    """Longest wait for one Redis call; past it the call counts as failed."""
+    on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    """Rate limits and token budgets while Redis is unreachable: fail_closed answers 503
+    state_unavailable; fail_open lets requests through unlimited (and logs each time)."""
+    lock_ttl_s: float = Field(15.0, gt=0)
+    """A chat turn's session lock expires this long after its holder last renewed it, so a
+    crashed replica frees the session within this time."""
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
@@ -276,6 +296,7 @@ class Settings(BaseSettings):
     pii: PIISettings = PIISettings()
     templates: TemplatesSettings = TemplatesSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    state: StateSettings = StateSettings()
     logging: LoggingSettings = LoggingSettings()
     playground: PlaygroundSettings = PlaygroundSettings()
     huggingface_token: SecretStr | None = Field(

@@ -126,6 +126,15 @@ class IdempotencyInProgress(ServiceError):
     default_retry_after = 1
 
 
+class SessionBusy(ServiceError):
+    """Another turn of the same session is running (on this replica or another)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "session_busy"
+    default_retry_after = 1
+
+
 class IdempotencyKeyReused(ServiceError):
     """An Idempotency-Key sent again with another request."""
 
@@ -207,6 +216,15 @@ class EngineOverloaded(ServiceError):
 class QueueTimeout(EngineOverloaded):
     code = "queue_timeout"
     reject_reason = "timeout"
+
+
+class StateUnavailable(ServiceError):
+    """The shared state backend (Redis) did not answer in time."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "state_unavailable"
+    default_retry_after = 2
 
 
 class ShuttingDown(ServiceError):

@@ -11,7 +11,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -101,6 +101,16 @@ class LLMMetrics:
             ["key", "kind"],
             registry=registry,
         )
+        self.state_errors = Counter(
+            "llm_state_backend_errors",
+            "Calls to the shared state backend (Redis) that failed or timed out, by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.state_up = Gauge(
+            "llm_state_backend_up", "1 while the state backend answers (always 1 for memory).", registry=registry
+        )
+        self.state_up.set(1)
         self.model_info = Info("llm_model", "The model being served.", registry=registry)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
@@ -132,6 +142,12 @@ class LLMMetrics:
     def count_redactions(self, counts: Tally[str]) -> None:
         for entity, count in counts.items():
             self.pii_redactions.labels(entity).inc(count)
+
+    def state_backend_error(self, operation: str) -> None:
+        self.state_errors.labels(operation).inc()
+
+    def state_backend_up(self, up: bool) -> None:
+        self.state_up.set(1 if up else 0)
 
     def observe_batch(self, size: int) -> None:
         """Called on the inference thread; prometheus_client is thread-safe."""

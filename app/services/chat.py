@@ -68,7 +68,7 @@ class ChatService:
                 answer = ChatMessage("assistant", completion.text)
                 self._sessions.replace_history(session, [*kept, *messages, answer])
 
-            return self._generation.start(
+            return await self._generation.start(
                 request_id,
                 prompt.prompt_ids,
                 params,

@@ -224,14 +224,14 @@ class GenerationService:
         try:
             for index, choice in enumerate(choices):
                 run_id = choice_request_id(request_id, index)
-                runs.append(self._start(run_id, choice, tally))
+                runs.append(await self._start(run_id, choice, tally))
         except BaseException:
             for run in runs:
                 await run.withdraw()
             raise
         return runs
 
-    def start(
+    async def start(
         self,
         request_id: str,
         prompt_ids: tuple[int, ...],
@@ -244,9 +244,9 @@ class GenerationService:
         """Admit a generation (engine errors such as overloaded, and an exhausted token budget,
         are raised here, at once)."""
         choice = Choice(prompt_ids, params, log_prompt)
-        return self._start(request_id, choice, self._tally(1), on_success=on_success, on_close=on_close)
+        return await self._start(request_id, choice, self._tally(1), on_success=on_success, on_close=on_close)
 
-    def _start(
+    async def _start(
         self,
         request_id: str,
         choice: Choice,

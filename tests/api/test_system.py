@@ -25,7 +25,9 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 def test_health_when_ready(api: TestClient) -> None:
     response = api.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "healthy", "model_loaded": True, "model_name": "scripted-model"}
+    assert response.json() == {
+        "status": "healthy", "model_loaded": True, "model_name": "scripted-model", "state": "ok",
+    }  # fmt: skip
     assert "retry-after" not in response.headers
     assert api.get("/health/live").json() == {"status": "alive"}
 
@@ -55,7 +57,7 @@ def test_loading_answers_503_then_healthy(held_loading: tuple[TestClient, thread
     health = client.get("/health")
     assert health.status_code == 503
     assert health.json() == {
-        "status": "loading", "model_loaded": False, "model_name": "scripted-model", "progress": "loading weights",
+        "status": "loading", "model_loaded": False, "model_name": "scripted-model", "progress": "loading weights", "state": "ok",
     }  # fmt: skip
     assert int(health.headers["retry-after"]) > 0
     for path, body in (("/v1/generate", {"prompt": "hi"}), ("/v1/chat", CHAT), ("/v1/chat/completions", CHAT)):

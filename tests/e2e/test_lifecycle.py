@@ -22,7 +22,7 @@ from tests.conftest import ServedProcess, free_port, make_settings, served_env
 def test_health_and_status_describe_the_real_model(client: httpx.Client) -> None:
     """Loading, failing and the shapes are checked over the fake engine (tests/api/test_system.py)."""
     assert client.get("/health").json() == {
-        "status": "healthy", "model_loaded": True, "model_name": "smollm2-135m-instruct",
+        "status": "healthy", "model_loaded": True, "model_name": "smollm2-135m-instruct", "state": "ok",
     }  # fmt: skip
     model = client.get("/status").json()["model"]
     assert (model["device"], model["dtype"], model["context_length"]) == ("cpu", "float32", 8192)

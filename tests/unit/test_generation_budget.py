@@ -52,8 +52,8 @@ def left(budget: TokenBudget) -> int:
 async def test_a_shared_answer_costs_the_follower_nothing() -> None:
     engine = ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event())
     generation, budget = service(engine, 100)
-    leader = generation.start("leader", PROMPT, GREEDY)
-    follower = generation.start("follower", PROMPT, GREEDY)
+    leader = await generation.start("leader", PROMPT, GREEDY)
+    follower = await generation.start("follower", PROMPT, GREEDY)
     assert left(budget) == 60  # the leader's reserve only
     runs = [asyncio.create_task(run.collect()) for run in (leader, follower)]
     await until(lambda: engine.running == 1)
@@ -71,8 +71,10 @@ async def test_a_follower_left_to_generate_alone_pays_what_it_used() -> None:
         fails=lambda request: request.request_id == "leader",
     )
     generation, budget = service(engine, 100)
-    leading = asyncio.create_task(generation.start("leader", PROMPT, GREEDY).collect())
-    following = asyncio.create_task(generation.start("follower", PROMPT, GREEDY).collect())
+    leader = await generation.start("leader", PROMPT, GREEDY)
+    follower = await generation.start("follower", PROMPT, GREEDY)
+    leading = asyncio.create_task(leader.collect())
+    following = asyncio.create_task(follower.collect())
     await until(lambda: engine.running == 1)
     engine.gate.set()  # type: ignore[union-attr]
     with pytest.raises(GenerationFailed):

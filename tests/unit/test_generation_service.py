@@ -71,8 +71,8 @@ KEY = cache_key("m", PROMPT, GREEDY)
 
 async def test_identical_requests_share_one_generation() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event()))
-    leader = s.service.start("leader", PROMPT, GREEDY)
-    follower = s.service.start("follower", PROMPT, GREEDY)
+    leader = await s.service.start("leader", PROMPT, GREEDY)
+    follower = await s.service.start("follower", PROMPT, GREEDY)
     assert (leader.cached, follower.cached) == (False, True)
     runs = [asyncio.create_task(run.collect()) for run in (leader, follower)]
     await until(lambda: s.engine.running == 1)
@@ -95,8 +95,8 @@ async def test_when_the_leader_fails_the_follower_generates_alone() -> None:
         fails=lambda request: request.request_id == "leader",
     )
     s = setup(engine)
-    leader = s.service.start("leader", PROMPT, GREEDY)
-    follower = s.service.start("follower", PROMPT, GREEDY)
+    leader = await s.service.start("leader", PROMPT, GREEDY)
+    follower = await s.service.start("follower", PROMPT, GREEDY)
     leading = asyncio.create_task(leader.collect())
     following = asyncio.create_task(follower.collect())
     await until(lambda: s.engine.running == 1)  # the leader is at the gate, the follower waits for it
@@ -112,8 +112,8 @@ async def test_when_the_leader_fails_the_follower_generates_alone() -> None:
 
 async def test_when_the_leaders_client_leaves_the_follower_generates_alone() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event(), gate_after_tokens=2))
-    leader = s.service.start("leader", PROMPT, GREEDY)
-    follower = s.service.start("follower", PROMPT, GREEDY)
+    leader = await s.service.start("leader", PROMPT, GREEDY)
+    follower = await s.service.start("follower", PROMPT, GREEDY)
     leading = asyncio.create_task(leader.collect())
     following = asyncio.create_task(follower.collect())
     await until(lambda: s.engine.running == 1)
@@ -129,10 +129,10 @@ async def test_when_the_leaders_client_leaves_the_follower_generates_alone() -> 
 
 async def test_a_follower_waits_at_most_its_patience_then_generates_alone() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event(), gate_after_tokens=1), patience_s=0.05)
-    leader = s.service.start("leader", PROMPT, GREEDY)
+    leader = await s.service.start("leader", PROMPT, GREEDY)
     leading = asyncio.create_task(leader.collect())
     await until(lambda: s.engine.running == 1)  # the leader is held mid-answer
-    follower = s.service.start("follower", PROMPT, GREEDY)
+    follower = await s.service.start("follower", PROMPT, GREEDY)
     following = asyncio.create_task(follower.collect())
     await until(lambda: len(s.engine.submitted) == 2)  # its patience ran out: it generates alone
     assert s.cache.flight(KEY) is None  # later requests do not follow the slow leader either
@@ -145,11 +145,11 @@ async def test_a_follower_waits_at_most_its_patience_then_generates_alone() -> N
 
 async def test_a_successful_generation_lands_in_the_cache() -> None:
     s = setup()
-    completion = await s.service.start("first", PROMPT, GREEDY).collect()
+    completion = await (await s.service.start("first", PROMPT, GREEDY)).collect()
     assert s.cache.get(KEY) == replace(completion, cached=True)
     generated = s.tokens_generated()
 
-    hit = s.service.start("second", PROMPT, GREEDY)
+    hit = await s.service.start("second", PROMPT, GREEDY)
     assert hit.cached
     pieces = [text async for text in hit]
     assert pieces == [REPLY]  # replayed whole
@@ -162,32 +162,32 @@ async def test_a_failed_generation_is_not_cached() -> None:
     engine = ScriptedEngine(reply=lambda prompt: REPLY, fail_after_tokens=2, mid_stream_error=GenerationTimeout("slow"))
     s = setup(engine)
     with pytest.raises(GenerationTimeout):
-        await s.service.start("first", PROMPT, GREEDY).collect()
+        await (await s.service.start("first", PROMPT, GREEDY)).collect()
     assert s.cache.get(KEY) is None and s.cache.flight(KEY) is None
     engine.fail_after_tokens = None
-    retry = s.service.start("second", PROMPT, GREEDY)
+    retry = await s.service.start("second", PROMPT, GREEDY)
     assert not retry.cached
     assert (await retry.collect()).text == REPLY and s.submitted() == ["first", "second"]
 
 
 async def test_a_cancelled_generation_is_not_cached() -> None:
     s = setup()
-    run = s.service.start("first", PROMPT, GREEDY)
+    run = await s.service.start("first", PROMPT, GREEDY)
     async for _ in run:
         break  # the client read one piece and left
     await run.aclose()
     assert s.engine.aborted == ["first"]
     assert s.cache.get(KEY) is None and s.cache.flight(KEY) is None
-    assert not s.service.start("second", PROMPT, GREEDY).cached
+    assert not (await s.service.start("second", PROMPT, GREEDY)).cached
 
 
 async def test_an_admission_error_leaves_no_flight_behind() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: REPLY, fail_on_submit=EngineOverloaded("full")))
     with pytest.raises(EngineOverloaded):
-        s.service.start("refused", PROMPT, GREEDY)
+        await s.service.start("refused", PROMPT, GREEDY)
     assert s.cache.flight(KEY) is None  # nobody will wait for a generation that never started
     s.engine.fail_on_submit = None
-    after = s.service.start("admitted", PROMPT, GREEDY)
+    after = await s.service.start("admitted", PROMPT, GREEDY)
     assert not after.cached and (await after.collect()).text == REPLY
     assert s.rejected("cancelled") == 0
 
@@ -196,13 +196,13 @@ async def test_sampled_requests_bypass_the_cache() -> None:
     s = setup()
     sampled = SamplingParams(max_tokens=16, temperature=0.8)
     for request_id in ("a", "b"):
-        run = s.service.start(request_id, PROMPT, sampled)
+        run = await s.service.start(request_id, PROMPT, sampled)
         assert not run.cached
         await run.collect()
     assert s.submitted() == ["a", "b"] and s.cache.stats().size == 0
     seeded = replace(sampled, seed=3)
-    await s.service.start("c", PROMPT, seeded).collect()
-    assert s.service.start("d", PROMPT, seeded).cached
+    await (await s.service.start("c", PROMPT, seeded)).collect()
+    assert (await s.service.start("d", PROMPT, seeded)).cached
 
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 4, 7])
@@ -212,7 +212,7 @@ async def test_output_redaction_never_leaks_across_token_boundaries(piece: int) 
         reply=lambda prompt: LEAKY, split=lambda text: [text[i : i + piece] for i in range(0, len(text), piece)]
     )
     s = setup(engine)
-    run = s.service.start("r", PROMPT, SamplingParams(max_tokens=1000, temperature=0.0))
+    run = await s.service.start("r", PROMPT, SamplingParams(max_tokens=1000, temperature=0.0))
     sent: list[str] = []
     async for text in run:
         sent.append(text)
@@ -227,13 +227,13 @@ async def test_output_redaction_never_leaks_across_token_boundaries(piece: int) 
 
 async def test_the_cache_keeps_the_redacted_answer() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: LEAKY))
-    await s.service.start("first", PROMPT, GREEDY).collect()
-    assert (await s.service.start("second", PROMPT, GREEDY).collect()).text == REDACTED
+    await (await s.service.start("first", PROMPT, GREEDY)).collect()
+    assert (await (await s.service.start("second", PROMPT, GREEDY)).collect()).text == REDACTED
 
 
 async def test_a_cancelled_run_is_counted_once() -> None:
     s = setup()
-    run = s.service.start("r", PROMPT, GREEDY)
+    run = await s.service.start("r", PROMPT, GREEDY)
     async for _ in run:
         break
     await run.aclose()
@@ -243,7 +243,7 @@ async def test_a_cancelled_run_is_counted_once() -> None:
 
 async def test_a_run_closed_before_its_first_token_is_cancelled_and_aborted() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event()))
-    run = s.service.start("r", PROMPT, GREEDY)
+    run = await s.service.start("r", PROMPT, GREEDY)
     collecting = asyncio.create_task(run.collect())
     await until(lambda: s.engine.running == 1)
     collecting.cancel()
@@ -258,7 +258,7 @@ async def test_a_failed_run_is_no_cancellation_and_counts_at_most_once() -> None
     business; exactly once over HTTP is checked in tests/api/test_metrics.py."""
     engine = ScriptedEngine(reply=lambda prompt: REPLY, fail_after_tokens=2, mid_stream_error=GenerationTimeout("slow"))
     s = setup(engine)
-    run = s.service.start("r", PROMPT, GREEDY)
+    run = await s.service.start("r", PROMPT, GREEDY)
     with pytest.raises(GenerationTimeout):
         await run.collect()
     await run.aclose()
@@ -269,7 +269,7 @@ async def test_a_failed_run_is_no_cancellation_and_counts_at_most_once() -> None
 async def test_an_unexpected_failure_is_no_cancellation() -> None:
     s = setup(ScriptedEngine(reply=lambda prompt: REPLY, fail_after_tokens=2))
     with pytest.raises(RuntimeError):
-        await s.service.start("r", PROMPT, GREEDY).collect()
+        await (await s.service.start("r", PROMPT, GREEDY)).collect()
     assert s.rejected("cancelled") == 0
 
 
@@ -280,7 +280,7 @@ async def test_success_callbacks_run_before_the_iteration_ends_and_close_callbac
     async def on_success(completion: Completion) -> None:
         seen.append(f"success:{completion.text}")
 
-    run = s.service.start("r", PROMPT, GREEDY, on_success=on_success, on_close=lambda: seen.append("close"))
+    run = await s.service.start("r", PROMPT, GREEDY, on_success=on_success, on_close=lambda: seen.append("close"))
     async for _ in run:
         pass
     seen.append("iteration ended")
@@ -296,11 +296,11 @@ async def test_no_success_callback_for_a_failed_or_cancelled_run() -> None:
     async def on_success(completion: Completion) -> None:
         seen.append("success")
 
-    failing = s.service.start("f", PROMPT, GREEDY, on_success=on_success, on_close=lambda: seen.append("close"))
+    failing = await s.service.start("f", PROMPT, GREEDY, on_success=on_success, on_close=lambda: seen.append("close"))
     with pytest.raises(GenerationTimeout):
         await failing.collect()
     engine.fail_after_tokens = None
-    cancelled = s.service.start("c", PROMPT, GREEDY, on_success=on_success, on_close=lambda: seen.append("close"))
+    cancelled = await s.service.start("c", PROMPT, GREEDY, on_success=on_success, on_close=lambda: seen.append("close"))
     await cancelled.aclose()
     assert seen == ["close", "close"]
 
@@ -308,13 +308,13 @@ async def test_no_success_callback_for_a_failed_or_cancelled_run() -> None:
 async def test_max_tokens_is_capped_by_the_room_left_in_the_context() -> None:
     s = setup()
     long_prompt = tuple(b"x" * 4090)
-    await s.service.start("r", long_prompt, SamplingParams(max_tokens=500, temperature=0.7)).collect()
+    await (await s.service.start("r", long_prompt, SamplingParams(max_tokens=500, temperature=0.7))).collect()
     assert s.engine.submitted[-1].params.max_tokens == 6  # 4096 - 4090
 
 
 async def test_time_metrics_are_observed_for_the_models_own_work_only() -> None:
     s = setup()
-    await s.service.start("first", PROMPT, GREEDY).collect()
-    await s.service.start("hit", PROMPT, GREEDY).collect()
+    await (await s.service.start("first", PROMPT, GREEDY)).collect()
+    await (await s.service.start("hit", PROMPT, GREEDY)).collect()
     assert s.sample("llm_time_to_first_token_seconds_count", model="m") == 1
     assert s.sample("llm_time_per_output_token_seconds_count", model="m") == 1

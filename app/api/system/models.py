@@ -18,6 +18,9 @@ class HealthResponse(BaseModel):
     status: HealthStatus
     model_loaded: bool
     model_name: str
+    state: Literal["ok", "unavailable"] = "ok"
+    """Whether the shared state backend answers (always ok for memory). Readiness does not
+    depend on it: without Redis a replica still generates (see the README's failure modes)."""
     progress: str | None = None
     reason: str | None = None
 

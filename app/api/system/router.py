@@ -10,7 +10,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
-from app.api.dependencies import MetricsDep, PolicyDep, RuntimeDep, SessionsDep, SettingsDep, TemplatesDep
+from app.api.dependencies import (
+    MetricsDep,
+    PolicyDep,
+    RuntimeDep,
+    SessionsDep,
+    SettingsDep,
+    SharedStateDep,
+    TemplatesDep,
+)
 from app.api.guard import Gatekeeper
 from app.api.openapi import RETRY_AFTER
 from app.api.system.models import (
@@ -50,12 +58,13 @@ HEALTH_STATUS: dict[ModelState, HealthStatus] = {
         503: {"model": HealthResponse, "description": "Loading or unhealthy.", "headers": {"Retry-After": RETRY_AFTER}}
     },
 )
-async def health(runtime: RuntimeDep) -> JSONResponse:
+async def health(runtime: RuntimeDep, shared_state: SharedStateDep) -> JSONResponse:
     ready = runtime.state is ModelState.READY
     body = HealthResponse(
         status=HEALTH_STATUS[runtime.state],
         model_loaded=ready,
         model_name=runtime.served_name,
+        state="ok" if await shared_state.healthy() else "unavailable",
         progress=None if ready else runtime.progress,
         reason=runtime.error,
     )

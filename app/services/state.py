@@ -1,0 +1,59 @@
+"""Where every piece of shared state is kept, chosen once per app by `state.backend`.
+
+memory: this process's own stores (one replica). redis: stores that every replica shares
+through one `RedisState` connection. Each store has one interface and both implementations;
+the services and the HTTP layer never know which they got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.core.cache import ResponseCache
+from app.core.config import Settings
+from app.core.idempotency import IdempotencyStore, MemoryIdempotencyStore
+from app.core.metrics import LLMMetrics
+from app.core.rate_limit import RateLimiter
+from app.core.redis_state import RedisState
+from app.core.token_budget import TokenBudget
+from app.core.usage import MemoryUsageStore, UsageStore
+from app.services.generation import Completion
+from app.services.sessions import SessionStore
+
+
+@dataclass(frozen=True)
+class SharedState:
+    redis: RedisState | None
+    """The connection every Redis-backed store uses; None with the memory backend."""
+    sessions: SessionStore
+    limiter: RateLimiter | None
+    """None: rate limiting is off."""
+    budget: TokenBudget | None
+    """None: no token budget or quota is configured."""
+    usage: UsageStore
+    cache: ResponseCache[Completion] | None
+    """None: the response cache is off."""
+    idempotency: IdempotencyStore | None
+    """None: Idempotency-Key is not honoured."""
+
+    async def healthy(self) -> bool:
+        """Whether the backend answers now (always, for memory)."""
+        return self.redis is None or await self.redis.ping()
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
+
+
+def build_state(settings: Settings, metrics: LLMMetrics) -> SharedState:
+    redis = RedisState(settings.state, metrics) if settings.state.backend == "redis" else None
+    rate_limit = settings.rate_limit
+    return SharedState(
+        redis=redis,
+        sessions=SessionStore(settings.chat_history),
+        limiter=RateLimiter(rate_limit) if rate_limit.enabled else None,
+        budget=TokenBudget.from_settings(rate_limit, settings.security.api_keys),
+        usage=MemoryUsageStore(),
+        cache=ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None,
+        idempotency=MemoryIdempotencyStore(settings.idempotency) if settings.idempotency.enabled else None,
+    )
