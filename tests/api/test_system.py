@@ -57,7 +57,8 @@ def test_loading_answers_503_then_healthy(held_loading: tuple[TestClient, thread
     health = client.get("/health")
     assert health.status_code == 503
     assert health.json() == {
-        "status": "loading", "model_loaded": False, "model_name": "scripted-model", "progress": "loading weights", "state": "ok",
+        "status": "loading", "model_loaded": False, "model_name": "scripted-model", "progress": "loading weights",
+        "state": "ok",
     }  # fmt: skip
     assert int(health.headers["retry-after"]) > 0
     for path, body in (("/v1/generate", {"prompt": "hi"}), ("/v1/chat", CHAT), ("/v1/chat/completions", CHAT)):
