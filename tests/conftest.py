@@ -208,6 +208,15 @@ def server(model_dir: Path) -> Iterator[LiveServer]:
     live.stop()
 
 
+def start_replicas(model_dir: Path, state: dict[str, Any], count: int = 2, **sections: Any) -> list[LiveServer]:
+    """`count` live servers on the real model sharing one state backend (`state`: a `state`
+    section, e.g. `redis_server.settings()`, the same for all), as replicas behind a load balancer
+    would be. The caller stops them."""
+    settings = make_settings(model_dir, state=state, **sections)
+    # One after the other: models loading side by side in one process gain nothing on two cores.
+    return [LiveServer(settings).start().wait_healthy() for _ in range(count)]
+
+
 GUARDED_KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "carol": "carol-secret-key", "flood": "flood-key"}
 """Keys of the guarded server: named, plain, by SHA-256 only; `flood` is for the flood test alone."""
 OUTPUT_PATTERN = r"\b[Tt]he\b"
