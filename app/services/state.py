@@ -18,7 +18,8 @@ from app.core.redis_state import RedisState
 from app.core.token_budget import TokenBudget
 from app.core.usage import MemoryUsageStore, UsageStore
 from app.services.generation import Completion
-from app.services.sessions import SessionStore
+from app.services.redis_sessions import RedisSessionStore
+from app.services.sessions import MemorySessionStore, SessionStore
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,16 @@ class SharedState:
 def build_state(settings: Settings, metrics: LLMMetrics) -> SharedState:
     redis = RedisState(settings.state, metrics) if settings.state.backend == "redis" else None
     rate_limit = settings.rate_limit
+    # A turn waits for the session's running turn as a request waits in the engine's queue.
+    turn_wait_s = settings.engine.queue_timeout_s
+    sessions: SessionStore = (
+        RedisSessionStore(redis, settings.chat_history, wait_s=turn_wait_s)
+        if redis is not None
+        else MemorySessionStore(settings.chat_history, wait_s=turn_wait_s)
+    )
     return SharedState(
         redis=redis,
-        sessions=SessionStore(settings.chat_history),
+        sessions=sessions,
         limiter=RateLimiter(rate_limit) if rate_limit.enabled else None,
         budget=TokenBudget.from_settings(rate_limit, settings.security.api_keys),
         usage=MemoryUsageStore(),
