@@ -23,6 +23,7 @@ The sessions' keys are derived inside the scripts (eviction), so this needs one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -245,16 +246,14 @@ class RedisSessionStore:
         self._spawn(self._release(self._lock(session_id), token), "sessions-release")
 
     async def _release(self, lock: str, token: str) -> None:
-        try:
+        # A failure is counted by RedisState; the lock then expires by itself.
+        with contextlib.suppress(StateUnavailable):
             await self._state.script(OPERATION, RELEASE, [lock], [token])
-        except StateUnavailable:
-            pass  # counted by RedisState; the lock expires by itself
 
     async def _recount(self) -> None:
-        try:
+        # A failure is counted by RedisState; the last count stands until Redis answers again.
+        with contextlib.suppress(StateUnavailable):
             self._count = int(await self._state.script(OPERATION, COUNT, [self._lru], [self._ttl_ms]))
-        except StateUnavailable:
-            pass  # counted by RedisState; the last count stands until Redis answers again
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work, name=name)

@@ -99,9 +99,7 @@ class MemorySessionStore:
     """This process's sessions (one replica). `wait_s`: how long a turn waits for the one
     running on its session before 409 session_busy."""
 
-    def __init__(
-        self, settings: ChatHistorySettings, *, wait_s: float, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, settings: ChatHistorySettings, *, wait_s: float, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._wait_s = wait_s
         self._clock = clock

@@ -55,7 +55,9 @@ async def replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
     await group.close()
 
 
-async def commit(store: RedisSessionStore, session_id: str, messages: list[ChatMessage], owner: str | None = None) -> None:
+async def commit(
+    store: RedisSessionStore, session_id: str, messages: list[ChatMessage], owner: str | None = None
+) -> None:
     held = await store.begin_turn(session_id, owner)
     await held.commit(messages)
     held.end()
@@ -115,7 +117,7 @@ async def test_history_keeps_the_newest_messages(replicas: Replicas) -> None:
     await commit(store, "s", [*turn(1), *turn(2), *turn(3)])
     assert (await store.get("s", None)).messages == (*turn(2), *turn(3))
     # History is stored as JSON, text as it was (not escaped away).
-    await commit(store, "s", [ChatMessage("user", "Grüße 👋"), ChatMessage("assistant", "\"quoted\"\n")])
+    await commit(store, "s", [ChatMessage("user", "Grüße 👋"), ChatMessage("assistant", '"quoted"\n')])
     assert (await replicas.store().get("s", None)).messages[-2].content == "Grüße 👋"
 
 

@@ -115,9 +115,7 @@ async def chat(
     return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
 
 
-@router.get(
-    "/v1/chat/sessions/{session_id}", response_model=SessionResponse, responses=error_responses(404, 422, 503)
-)
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse, responses=error_responses(404, 422, 503))
 async def read_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> SessionResponse:
     session = await sessions.get(session_id, owner=caller)
     return SessionResponse(
