@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,8 +13,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.core.errors import EngineOverloaded, GenerationTimeout
-from tests.api.conftest import fake_settings, running_app
-from tests.conftest import assert_error, iter_sse
+from tests.api.conftest import fake_settings, release, running_app
+from tests.conftest import assert_error, iter_sse, poll
 from tests.fakes import ScriptedEngine, decode_prompt
 
 
@@ -206,6 +208,24 @@ def test_disconnect_mid_stream_keeps_history_and_aborts(app_and_client: Any, eng
     assert history(api, "left") == before
     # Were the session still held, this turn would wait and end in 409 session_busy.
     assert chat(api, "Are you there?", "left").status_code == 200
+
+
+def test_a_turn_waits_for_the_running_one_then_is_busy(engine: ScriptedEngine) -> None:
+    settings = fake_settings(rate_limit={"enabled": False}, engine={"queue_timeout_s": 0.2})
+    with running_app(engine, settings) as (_, api), ThreadPoolExecutor(max_workers=1) as pool:
+        engine.gate = asyncio.Event()
+        first = pool.submit(chat, api, "Hello", "one-turn")
+        try:
+            assert poll(lambda: len(engine.submitted) == 1, timeout_s=10)
+            busy = chat(api, "Me too", "one-turn")
+            assert_error(busy, 409, code="session_busy", param="session_id")
+            assert busy.headers["retry-after"] == "1"
+            assert len(engine.submitted) == 1
+        finally:
+            release(api, engine.gate)
+        assert first.result(timeout=10).status_code == 200
+        assert chat(api, "Me too", "one-turn").status_code == 200
+        assert [m["content"] for m in history(api, "one-turn")][::2] == ["Hello", "Me too"]
 
 
 def test_session_ids_are_not_shared_between_apps(engine: ScriptedEngine) -> None:

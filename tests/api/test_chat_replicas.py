@@ -58,7 +58,7 @@ def start(stack: ExitStack, state: dict[str, Any], **sections: Any) -> Replica:
 def pair(redis_server: RedisServer) -> Iterator[tuple[Replica, Replica]]:
     state = redis_server.settings(lock_ttl_s=2)
     with ExitStack() as stack:
-        yield start(stack, state), start(stack, state, engine={"queue_timeout_s": 0.3})
+        yield start(stack, state), start(stack, state, engine={"queue_timeout_s": 1})
 
 
 def test_a_session_continues_on_another_replica_and_is_deleted_there(pair: tuple[Replica, Replica]) -> None:
@@ -117,7 +117,7 @@ def test_turns_on_two_replicas_never_interleave(pair: tuple[Replica, Replica]) -
         on_a = pool.submit(a.chat, "Second, on A.", "one-at-a-time")
         try:
             assert poll(lambda: len(a.engine.submitted) == 2, timeout_s=10)
-            # B waits for A's turn at most engine.queue_timeout_s (0.3 s here), then gives up.
+            # B waits for A's turn at most engine.queue_timeout_s (1 s here), then gives up.
             busy = b.chat("Meanwhile, on B.", "one-at-a-time")
             assert_error(busy, 409, code="session_busy")
             assert busy.headers["retry-after"] == "1"
@@ -156,6 +156,21 @@ def test_redis_down_is_503_for_sessions_and_recovers(own_redis: RedisServer) -> 
         assert poll(lambda: a.chat("Back again?", "outage").status_code == 200, timeout_s=10)
         assert a.history("outage")[0]["content"] == "Back again?"
         assert a.client.delete("/v1/chat/sessions/outage", headers=auth("alice")).status_code == 204
+
+
+def test_redis_lost_before_the_commit_is_503_not_500(own_redis: RedisServer) -> None:
+    state = own_redis.settings(lock_ttl_s=2, timeout_s=0.3)
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as pool:
+        a = start(stack, state)
+        a.engine.gate = asyncio.Event()
+        turn = pool.submit(a.chat, "Hello", "cut-off")
+        assert poll(lambda: len(a.engine.submitted) == 1, timeout_s=10)
+        own_redis.stop()
+        release(a.client, a.engine.gate)
+        assert_error(turn.result(timeout=10), 503, code="state_unavailable")
+        own_redis.start()
+        a.engine.gate = None
+        assert poll(lambda: a.chat("Hello again", "cut-off").status_code == 200, timeout_s=10)
 
 
 def test_a_stream_refused_by_the_store_says_so_in_json(own_redis: RedisServer) -> None:
