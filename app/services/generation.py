@@ -268,20 +268,20 @@ class GenerationService:
             closes.append(tally.run_ended)
         cache = policy.cache
         if cache is None or not policy.cacheable(params):
-            return self._run(self._generate(request, self._reserve(request)), successes, closes, log_prompt)
+            return self._run(await self._generate(request, await self._reserve(request)), successes, closes, log_prompt)
 
         key = cache_key(self._model_name, prompt_ids, params)
         stored = cache.get(key)
         flight = None if stored is not None else cache.flight(key)
         cache.count(hit=stored is not None or flight is not None)
         if stored is not None:
-            self._publish_budget()
+            await self._publish_budget()
             return self._run(_replay(stored), successes, closes, log_prompt, cached=True)
         if flight is not None:
-            follow = self._follow(cache, key, flight, request, self._free_ride())
+            follow = self._follow(cache, key, flight, request, await self._free_ride())
             return self._run(follow, successes, closes, log_prompt, cached=True)
 
-        chunks = self._generate(request, self._reserve(request))
+        chunks = await self._generate(request, await self._reserve(request))
         cache.take_off(key)
 
         async def land(completion: Completion) -> None:
@@ -315,35 +315,35 @@ class GenerationService:
             return None
         return RequestTally(accounting.usage, caller.usage_name, runs)
 
-    def _reserve(self, request: GenerationRequest) -> Reservation | None:
+    async def _reserve(self, request: GenerationRequest) -> Reservation | None:
         """Hold the most this generation can use: its prompt and max_tokens (already capped)."""
         accounting, caller = self._policy.accounting, self._caller
         if accounting is None or caller is None:
             return None
-        return accounting.reserve(caller, len(request.prompt_ids) + request.params.max_tokens)
+        return await accounting.reserve(caller, len(request.prompt_ids) + request.params.max_tokens)
 
-    def _free_ride(self) -> Reservation | None:
+    async def _free_ride(self) -> Reservation | None:
         accounting, caller = self._policy.accounting, self._caller
-        return accounting.free_ride(caller) if accounting is not None and caller is not None else None
+        return await accounting.free_ride(caller) if accounting is not None and caller is not None else None
 
-    def _publish_budget(self) -> None:
+    async def _publish_budget(self) -> None:
         accounting, caller = self._policy.accounting, self._caller
         if accounting is not None and caller is not None:
-            accounting.publish_headers(caller)
+            await accounting.publish_headers(caller)
 
-    def _generate(self, request: GenerationRequest, reservation: Reservation | None) -> _ModelStream:
+    async def _generate(self, request: GenerationRequest, reservation: Reservation | None) -> _ModelStream:
         """Submit now, so that admission errors surface before any response starts. Once the
         engine has the request its prompt is charged, plus every token it produces; the rest
         of the reservation is returned when the stream closes, however it ends."""
         accounting = self._policy.accounting
-        settle: Callable[[int], None] | None = None
+        settle: Callable[[int], Awaitable[None]] | None = None
         if accounting is not None and reservation is not None:
             settle = functools.partial(accounting.settle, reservation)
         try:
             chunks = self._engine.submit(request)
         except BaseException:
             if settle is not None:
-                settle(0)
+                await settle(0)
             raise
         return _ModelStream(chunks, self._policy, len(request.prompt_ids), settle)
 
@@ -363,7 +363,7 @@ class GenerationService:
         if completion is not None:
             yield _final_chunk(completion)
             return
-        own = self._generate(request, reservation)
+        own = await self._generate(request, reservation)
         try:
             async for chunk in own:
                 yield chunk
@@ -380,7 +380,7 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
         chunks: Chunks,
         policy: GenerationPolicy,
         prompt_tokens: int,
-        settle: Callable[[int], None] | None = None,
+        settle: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._chunks = chunks
         self._used = prompt_tokens
@@ -420,7 +420,7 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
             return
         self._closed = True
         if self._settle is not None:
-            self._settle(self._used)
+            await self._settle(self._used)
         if self._redactor is not None:
             self._pii.report_output(self._redactor)
         close = getattr(self._chunks, "aclose", None)

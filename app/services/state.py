@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.core.cache import ResponseCache
-from app.core.config import Settings
+from app.core.config import RateLimitSettings, Settings
 from app.core.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from app.core.metrics import LLMMetrics
-from app.core.rate_limit import RateLimiter
+from app.core.rate_limit import MemoryRateLimiter, RateLimiter
+from app.core.redis_rate_limit import RedisRateLimiter
 from app.core.redis_state import RedisState
-from app.core.token_budget import TokenBudget
+from app.core.redis_token_budget import RedisTokenBudget
+from app.core.token_budget import MemoryTokenBudget, TokenBudget
 from app.core.usage import MemoryUsageStore, UsageStore
 from app.services.generation import Completion
 from app.services.sessions import SessionStore
@@ -51,9 +53,23 @@ def build_state(settings: Settings, metrics: LLMMetrics) -> SharedState:
     return SharedState(
         redis=redis,
         sessions=SessionStore(settings.chat_history),
-        limiter=RateLimiter(rate_limit) if rate_limit.enabled else None,
-        budget=TokenBudget.from_settings(rate_limit, settings.security.api_keys),
+        limiter=_limiter(rate_limit, redis),
+        budget=_budget(settings, redis),
         usage=MemoryUsageStore(),
         cache=ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None,
         idempotency=MemoryIdempotencyStore(settings.idempotency) if settings.idempotency.enabled else None,
     )
+
+
+def _limiter(rate_limit: RateLimitSettings, redis: RedisState | None) -> RateLimiter | None:
+    if not rate_limit.enabled:
+        return None
+    if redis is not None:
+        return RedisRateLimiter(rate_limit, redis)
+    return MemoryRateLimiter(rate_limit)
+
+
+def _budget(settings: Settings, redis: RedisState | None) -> TokenBudget | None:
+    if redis is not None:
+        return RedisTokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, redis)
+    return MemoryTokenBudget.from_settings(settings.rate_limit, settings.security.api_keys)
