@@ -171,7 +171,8 @@ class RedisTokenBudget:
 
     async def headers(self, identity: str, key: str | None) -> dict[str, str]:
         limits = self._limits.of(key)
-        # Headers are a courtesy: not worth another wait on a store that has just failed.
+        # Headers are a courtesy, not worth another wait on a store whose last call failed
+        # (typically this request's own reserve, just before): left out until a call succeeds.
         if not limits.tokens_per_minute or not self._state.up:
             return {}
         args = bucket_args(*self._bucket_args(limits), 0)
