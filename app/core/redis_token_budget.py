@@ -14,8 +14,10 @@ counts as nothing spent, and the key expires a minute after its day ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -122,6 +124,8 @@ class RedisTokenBudget:
         self._limits = limits
         self._state = state
         self._outage = OutagePolicy(state.settings.on_error, "token budgets")
+        self._settling: set[asyncio.Future[None]] = set()
+        """Settles under way, held so that none is collected before it ends."""
 
     @classmethod
     def from_settings(
@@ -165,7 +169,15 @@ class RedisTokenBudget:
         if unused == 0 or (not limits.tokens_per_minute and not per_day):
             return
         args = [*self._bucket_args(limits), unused, per_day, reservation.day]
-        keys = self._keys(reservation.identity, reservation.key)
+        call = asyncio.ensure_future(self._settle(self._keys(reservation.identity, reservation.key), args))
+        self._settling.add(call)
+        call.add_done_callback(self._settling.discard)
+        # A settle runs as its answer ends, often because its client left and its task is being
+        # cancelled: the give-back goes on regardless (bounded by state.timeout_s), only the
+        # waiting for it stops.
+        await asyncio.shield(call)
+
+    async def _settle(self, keys: list[str], args: list[Any]) -> None:
         with contextlib.suppress(StateUnavailable):
             await self._state.script(OPERATION, SETTLE_SCRIPT, keys, args)
 

@@ -419,13 +419,16 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
         if self._closed:
             return
         self._closed = True
-        if self._settle is not None:
-            await self._settle(self._used)
-        if self._redactor is not None:
-            self._pii.report_output(self._redactor)
-        close = getattr(self._chunks, "aclose", None)
-        if close is not None:
-            await close()
+        try:
+            if self._redactor is not None:
+                self._pii.report_output(self._redactor)
+            close = getattr(self._chunks, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            # Last: settling may wait on a shared store, and the engine's abort must not wait on it.
+            if self._settle is not None:
+                await self._settle(self._used)
 
 
 def _counter(tally: RequestTally, counts_prompt: bool) -> OnSuccess:

@@ -12,7 +12,7 @@ from app.core.config import PII_ENTITIES, PIISettings
 from app.core.errors import GenerationFailed, TokenRateLimited
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
-from app.core.token_budget import KeyLimits, MemoryTokenBudget
+from app.core.token_budget import KeyLimits, MemoryTokenBudget, Reservation
 from app.core.usage import MemoryUsageStore
 from app.engine.types import SamplingParams
 from app.services.accounting import Accounting, Caller, UsageMeter
@@ -91,3 +91,34 @@ async def test_choices_are_reserved_all_or_none_and_a_refused_request_is_charged
         await generation.start_choices("r", [Choice(PROMPT, sampled), Choice(PROMPT, sampled, counts_prompt=False)])
     assert engine.aborted == ["r"]  # the first choice was admitted, then withdrawn
     assert await left(budget) == 70
+
+
+class WatchedBudget(MemoryTokenBudget):
+    """Notes which generations the engine had aborted when each settle began."""
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        super().__init__(100, {}, clock=lambda: 0.0, wall_clock=lambda: 0.0)
+        self._engine = engine
+        self.aborted_at_settle: list[list[str]] = []
+
+    async def settle(self, reservation: Reservation, used: int) -> None:
+        self.aborted_at_settle.append(list(self._engine.aborted))
+        await super().settle(reservation, used)
+
+
+async def test_a_stream_closed_early_aborts_the_engine_before_settling() -> None:
+    """Settling may wait on a shared store; the engine's abort must not wait for it."""
+    engine = ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event(), gate_after_tokens=1)
+    budget = WatchedBudget(engine)
+    metrics = LLMMetrics("m", PII_ENTITIES)
+    policy = GenerationPolicy(
+        pii=PIIGuard(PIISettings(redact_output=False)),  # each token passes at once, none held back
+        metrics=metrics,
+        accounting=Accounting(UsageMeter(MemoryUsageStore(lambda: 0.0), metrics), budget),
+    )
+    run = await GenerationService(engine, "m", 4096, policy, CALLER).start("early", PROMPT, GREEDY)
+    async for _ in run:
+        break  # the client left after the first token
+    await run.aclose()
+    assert budget.aborted_at_settle == [["early"]]
+    assert await left(budget) == 100 - (16 + 1)

@@ -3,6 +3,7 @@ quota on Redis's day, and what an outage does under each state.on_error."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,6 +13,7 @@ from app.core.errors import QuotaExceeded, StateUnavailable, TokenRateLimited, T
 from app.core.redis_state import RedisState
 from app.core.redis_token_budget import RedisTokenBudget
 from app.core.token_budget import DAY_S, BudgetLimits, KeyLimits
+from tests.conftest import until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -77,6 +79,23 @@ async def test_settle_returns_what_was_not_used_once_and_never_above_capacity(
     assert 0 < redis_server.client().pttl(bucket) <= 5000  # 14 short at 200 a minute: full in 4.2 s
     await tokens.settle(await tokens.reserve("key:c", "c", 10), 0)
     assert not redis_server.client().exists(state.key("tokens", "key:c"))  # full again: nothing kept
+
+
+async def test_a_settle_whose_caller_is_cancelled_still_gives_back(redis_server: RedisServer) -> None:
+    prefix = redis_server.settings()["key_prefix"]
+    first_state = connect(redis_server, key_prefix=prefix)
+    held = await budget(first_state, per_minute=200).reserve("key:a", "a", 104)
+    await first_state.close()
+    # A connection of its own, not yet open: the settle's first wait is for the connection,
+    # before anything reaches Redis, and that is where its caller is cancelled.
+    fresh_state = connect(redis_server, key_prefix=prefix)
+    settling = asyncio.ensure_future(budget(fresh_state, per_minute=200).settle(held, 0))
+    await asyncio.sleep(0)
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    await until(lambda: not redis_server.client().exists(fresh_state.key("tokens", "key:a")))  # all back: full
+    await fresh_state.close()
 
 
 async def test_using_more_than_reserved_is_charged_into_debt(state: RedisState) -> None:
