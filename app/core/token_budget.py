@@ -68,6 +68,8 @@ class Reservation:
     key: str | None
     tokens: int
     day: int
+    """The UTC day (days since 1970) whose quota holds the reserve; the Redis budget may say
+    "the day it settles on" (its ANY_DAY) for a reservation that holds nothing yet."""
     settled: bool = False
 
 
