@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.core.cache import ResponseCache
+from app.core.cache import Cache, ResponseCache
 from app.core.config import Settings
 from app.core.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from app.core.metrics import LLMMetrics
 from app.core.rate_limit import RateLimiter
+from app.core.redis_cache import JsonCodec, RedisResponseCache
 from app.core.redis_state import RedisState
 from app.core.token_budget import TokenBudget
 from app.core.usage import MemoryUsageStore, UsageStore
@@ -31,7 +32,7 @@ class SharedState:
     budget: TokenBudget | None
     """None: no token budget or quota is configured."""
     usage: UsageStore
-    cache: ResponseCache[Completion] | None
+    cache: Cache[Completion] | None
     """None: the response cache is off."""
     idempotency: IdempotencyStore | None
     """None: Idempotency-Key is not honoured."""
@@ -54,6 +55,14 @@ def build_state(settings: Settings, metrics: LLMMetrics) -> SharedState:
         limiter=RateLimiter(rate_limit) if rate_limit.enabled else None,
         budget=TokenBudget.from_settings(rate_limit, settings.security.api_keys),
         usage=MemoryUsageStore(),
-        cache=ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None,
+        cache=_cache(settings, redis),
         idempotency=MemoryIdempotencyStore(settings.idempotency) if settings.idempotency.enabled else None,
     )
+
+
+def _cache(settings: Settings, redis: RedisState | None) -> Cache[Completion] | None:
+    if not settings.cache.enabled:
+        return None
+    if redis is not None:
+        return RedisResponseCache(settings.cache, redis, JsonCodec(Completion))
+    return ResponseCache(settings.cache.size, settings.cache.ttl_seconds)
