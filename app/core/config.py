@@ -239,7 +239,7 @@ class IdempotencySettings(Section):
     wait: bool = False
     """A repeat while the first still runs waits for its answer instead of a 409."""
     max_entries: int = Field(10_000, ge=1)
-    """Answers kept at once; the oldest go first."""
+    """Answers kept at once in memory; the oldest go first (Redis keeps each for its TTL)."""
 
 
 class StateSettings(Section):

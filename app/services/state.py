@@ -15,7 +15,9 @@ from app.core.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from app.core.metrics import LLMMetrics
 from app.core.rate_limit import RateLimiter
 from app.core.redis_cache import JsonCodec, RedisResponseCache
+from app.core.redis_idempotency import RedisIdempotencyStore, claim_ttl_s
 from app.core.redis_state import RedisState
+from app.core.redis_usage import RedisUsageStore
 from app.core.token_budget import TokenBudget
 from app.core.usage import MemoryUsageStore, UsageStore
 from app.services.generation import Completion
@@ -54,9 +56,9 @@ def build_state(settings: Settings, metrics: LLMMetrics) -> SharedState:
         sessions=SessionStore(settings.chat_history),
         limiter=RateLimiter(rate_limit) if rate_limit.enabled else None,
         budget=TokenBudget.from_settings(rate_limit, settings.security.api_keys),
-        usage=MemoryUsageStore(),
+        usage=RedisUsageStore(redis) if redis is not None else MemoryUsageStore(),
         cache=_cache(settings, redis),
-        idempotency=MemoryIdempotencyStore(settings.idempotency) if settings.idempotency.enabled else None,
+        idempotency=_idempotency(settings, redis),
     )
 
 
@@ -66,3 +68,11 @@ def _cache(settings: Settings, redis: RedisState | None) -> Cache[Completion] | 
     if redis is not None:
         return RedisResponseCache(settings.cache, redis, JsonCodec(Completion))
     return ResponseCache(settings.cache.size, settings.cache.ttl_seconds)
+
+
+def _idempotency(settings: Settings, redis: RedisState | None) -> IdempotencyStore | None:
+    if not settings.idempotency.enabled:
+        return None
+    if redis is not None:
+        return RedisIdempotencyStore(redis, settings.idempotency.ttl_seconds, claim_ttl_s(settings))
+    return MemoryIdempotencyStore(settings.idempotency)
