@@ -25,7 +25,8 @@ Redis down or slow: every call is bounded by `state.timeout_s` and counted by `R
 (operation "cache"). A lookup that fails is a miss, and the request leads for this replica only
 (identical requests here still share its generation); its answer is not stored in Redis while
 Redis is known to be down; a follower whose poll fails generates alone. Nothing reaches the
-client, and the next request tries Redis again: recovery needs nothing.
+client, and the next request tries Redis again: recovery needs nothing. A lease taken by a call
+that timed out (a hung Redis may run it later) holds nobody up beyond `lock_ttl_s`.
 
 Stats (hits, misses, entries, evictions) are this replica's local layer's.
 """
