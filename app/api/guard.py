@@ -73,7 +73,7 @@ async def guard(request: Request) -> Principal | None:
         if not decision.allowed:
             retry_s = decision.retry_after_s
             if gate.usage is not None:
-                gate.usage.add(principal.name if principal else ANONYMOUS, UsageCounts(rate_limited=1))
+                await gate.usage.add(principal.name if principal else ANONYMOUS, UsageCounts(rate_limited=1))
             raise RateLimited(f"rate limit exceeded; retry in {retry_s} s", retry_after=retry_s)
     if gate.keys.enabled and principal is None:
         raise Unauthorized("missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>")

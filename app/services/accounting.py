@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,10 +38,26 @@ class UsageMeter:
     def __init__(self, store: UsageStore, metrics: LLMMetrics) -> None:
         self.store = store
         self._metrics = metrics
+        self._writes: set[asyncio.Task[None]] = set()
+        """Store writes under way; held here, as the loop keeps only weak references to tasks."""
 
     def record(self, key: str, counts: UsageCounts) -> None:
-        self.store.add(key, counts)
+        """Counted in the metrics at once and in the store by a task of its own: the callers are
+        sync callbacks (a run's close), and a shared store answers over the network."""
+        write = asyncio.get_running_loop().create_task(self.store.add(key, counts))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
         self._metrics.count_key_usage(key, counts.requests, counts.prompt_tokens, counts.completion_tokens)
+
+    async def flush(self) -> None:
+        """Until the writes begun so far have ended (a store's `add` never raises)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes))
+
+    async def read(self, key: str) -> tuple[UsageCounts, UsageCounts]:
+        """(today, total), including what this replica recorded just before."""
+        await self.flush()
+        return await self.store.read(key)
 
 
 @dataclass(frozen=True)

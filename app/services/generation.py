@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from app.core.cache import Flight, ResponseCache
+from app.core.cache import Cache, Seat
 from app.core.errors import PromptTooLong
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
@@ -53,7 +53,7 @@ class GenerationPolicy:
 
     pii: PIIGuard
     metrics: LLMMetrics
-    cache: ResponseCache[Completion] | None = None
+    cache: Cache[Completion] | None = None
     cache_deterministic_only: bool = True
     log_prompts: bool = False
     flight_patience_s: float = 360.0
@@ -270,24 +270,23 @@ class GenerationService:
         if cache is None or not policy.cacheable(params):
             return self._run(await self._generate(request, await self._reserve(request)), successes, closes, log_prompt)
 
-        key = cache_key(self._model_name, prompt_ids, params)
-        stored = cache.get(key)
-        flight = None if stored is not None else cache.flight(key)
-        cache.count(hit=stored is not None or flight is not None)
-        if stored is not None:
+        seat = await cache.board(cache_key(self._model_name, prompt_ids, params))
+        if seat.answer is not None:
             await self._publish_budget()
-            return self._run(_replay(stored), successes, closes, log_prompt, cached=True)
-        if flight is not None:
-            follow = self._follow(cache, key, flight, request, await self._free_ride())
-            return self._run(follow, successes, closes, log_prompt, cached=True)
-
-        chunks = await self._generate(request, await self._reserve(request))
-        cache.take_off(key)
+            return self._run(_replay(seat.answer), successes, closes, log_prompt, cached=True)
+        if not seat.leads:
+            follow = self._follow(seat, request, await self._free_ride())
+            return self._run(follow, successes, [seat.leave, *closes], log_prompt, cached=True)
+        try:
+            chunks = await self._generate(request, await self._reserve(request))
+        except BaseException:
+            seat.leave()  # nobody may wait for a generation that never started
+            raise
 
         async def land(completion: Completion) -> None:
-            cache.land(key, replace(completion, cached=True))
+            await seat.land(replace(completion, cached=True))
 
-        return self._run(chunks, [land, *successes], [lambda: cache.land(key, None), *closes], log_prompt)
+        return self._run(chunks, [land, *successes], [seat.leave, *closes], log_prompt)
 
     def _run(
         self,
@@ -348,18 +347,11 @@ class GenerationService:
         return _ModelStream(chunks, self._policy, len(request.prompt_ids), settle)
 
     async def _follow(
-        self,
-        cache: ResponseCache[Completion],
-        key: str,
-        flight: Flight[Completion],
-        request: GenerationRequest,
-        reservation: Reservation | None,
+        self, seat: Seat[Completion], request: GenerationRequest, reservation: Reservation | None
     ) -> Chunks:
-        """Wait for the identical request already running; if it does not land (its client left
-        or it failed), generate alone."""
-        completion = await flight.wait(self._policy.flight_patience_s)
-        if completion is None:
-            cache.abandon(key, flight)
+        """Wait for the identical request already running (here or on another replica); if it
+        does not land (its client left, it failed, or it took too long), generate alone."""
+        completion = await seat.wait(self._policy.flight_patience_s)
         if completion is not None:
             yield _final_chunk(completion)
             return

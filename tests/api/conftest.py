@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +67,19 @@ def running_app(
         ).text
         engine.submitted.clear()
         yield app, client
+
+
+@contextmanager
+def running_replicas(settings: Settings, count: int = 2) -> Iterator[list[tuple[ScriptedEngine, TestClient]]]:
+    """`count` apps with the same settings (give them a redis `state` section: replicas sharing
+    it), each over a scripted engine of its own, so a test sees which replica generated."""
+    with ExitStack() as stack:
+        replicas = []
+        for _ in range(count):
+            engine = ScriptedEngine()
+            _, client = stack.enter_context(running_app(engine, settings))
+            replicas.append((engine, client))
+        yield replicas
 
 
 def release(client: TestClient, gate: asyncio.Event) -> None:

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import fake_settings, running_app
+from tests.api.conftest import fake_settings, running_replicas
 from tests.conftest import assert_error
-from tests.fakes import ScriptedEngine
 from tests.redis_server import RedisServer
 
 BURST = 6
@@ -25,7 +24,7 @@ def replicas(state: dict[str, Any], **rate_limit: Any) -> Iterator[tuple[TestCli
     """Two apps on one state section; one request a minute sustained, so no token comes back
     during a test."""
     settings = fake_settings(state=state, rate_limit={"requests_per_minute": 1, "burst_size": BURST, **rate_limit})
-    with running_app(ScriptedEngine(), settings) as (_, a), running_app(ScriptedEngine(), settings) as (_, b):
+    with running_replicas(settings) as [(_, a), (_, b)]:
         yield a, b
 
 
