@@ -43,8 +43,8 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and not self._drain_requested and not self.should_exit:
             # A signal handler must not touch the event loop: the next tick (0.1 s) starts the drain.
-            # Not recorded as caught either, so that uvicorn does not re-raise it at the end: a
-            # drained server exits 0.
+            # uvicorn's handler is not called: sse-starlette wraps it to end every token stream at
+            # once, and it records the signal to re-raise at the end (a drained server exits 0).
             self._drain_requested = True
             return
         super().handle_exit(sig, frame)

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import uvicorn
+from sse_starlette.sse import AppStatus
 
 from app.server import DrainingServer
 
@@ -16,6 +17,13 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def sse_streams_keep_flowing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn's own handle_exit, as sse-starlette patches it, sets a process-wide flag that ends
+    every SSE stream at once; it is put back after each test so that later tests still stream."""
+    monkeypatch.setattr(AppStatus, "should_exit", False)
 
 
 class HeldDrain:
@@ -49,6 +57,7 @@ async def test_sigterm_drains_first_and_exits_after(fails: bool) -> None:
     server = server_with(drain)
     server.handle_exit(signal.SIGTERM, None)
     assert not server.should_exit  # still listening: readiness can say "draining"
+    assert not AppStatus.should_exit  # running token streams go on
     assert await server.on_tick(1) is False
     async with asyncio.timeout(5):
         await drain.started.wait()
