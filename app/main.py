@@ -94,6 +94,9 @@ def create_app(
             with suppress(asyncio.CancelledError):
                 await loading
             await runtime.shutdown()
+            if policy.accounting is not None:
+                # The last requests' usage reaches the store before its connection closes.
+                await policy.accounting.usage.flush()
             await state.close()
 
     app = FastAPI(

@@ -66,13 +66,14 @@ async def guard(request: Request) -> Principal | None:
     request.state.caller = Caller(
         identity, principal.name if principal else None, functools.partial(add_response_headers, request)
     )
-    if gate.limiter is not None:
-        decision = gate.limiter.hit(identity)
+    # No decision: the shared store is down and state.on_error lets requests through unlimited.
+    decision = await gate.limiter.hit(identity) if gate.limiter is not None else None
+    if decision is not None:
         add_response_headers(request, decision.headers())
         if not decision.allowed:
             retry_s = decision.retry_after_s
             if gate.usage is not None:
-                gate.usage.add(principal.name if principal else ANONYMOUS, UsageCounts(rate_limited=1))
+                await gate.usage.add(principal.name if principal else ANONYMOUS, UsageCounts(rate_limited=1))
             raise RateLimited(f"rate limit exceeded; retry in {retry_s} s", retry_after=retry_s)
     if gate.keys.enabled and principal is None:
         raise Unauthorized("missing or invalid API key: send X-API-Key: <key> or Authorization: Bearer <key>")

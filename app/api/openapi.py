@@ -23,14 +23,20 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "Missing or wrong API key.",
     403: "The key may not do this (e.g. read another key's usage without being in `security.admin_keys`).",
     404: "Unknown resource.",
-    409: "A request with the same `Idempotency-Key` is still running: retry after `Retry-After`.",
+    409: (
+        "A request with the same `Idempotency-Key`, or another turn of the same chat session, is still "
+        "running: retry after `Retry-After`."
+    ),
     413: "Prompt longer than `security.max_prompt_chars`, or body over `security.max_body_bytes`.",
     422: "The request does not match the schema (`param` names the field), or its `Idempotency-Key` "
     "was used for another request (`idempotency_key_reused`).",
     429: "Rate limited (request rate, token budget `token_rate_limited`, or daily quota `quota_exceeded`): "
     "retry after `Retry-After` seconds.",
     500: "An unexpected failure (never a stack trace).",
-    503: "Model loading or unhealthy, engine overloaded (queue full), or shutting down: retry after `Retry-After`.",
+    503: (
+        "Model loading or unhealthy, engine overloaded (queue full), shutting down, or the shared state "
+        "store (Redis) unreachable (`state_unavailable`): retry after `Retry-After`."
+    ),
     504: "Generation exceeded `engine.request_timeout_s`.",
 }
 

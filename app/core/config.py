@@ -239,7 +239,7 @@ class IdempotencySettings(Section):
     wait: bool = False
     """A repeat while the first still runs waits for its answer instead of a 409."""
     max_entries: int = Field(10_000, ge=1)
-    """Answers kept at once; the oldest go first."""
+    """Answers kept at once in memory; the oldest go first (Redis keeps each for its TTL)."""
 
 
 class StateSettings(Section):
@@ -256,10 +256,12 @@ class StateSettings(Section):
     """Longest wait for one Redis call; past it the call counts as failed."""
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     """Rate limits and token budgets while Redis is unreachable: fail_closed answers 503
-    state_unavailable; fail_open lets requests through unlimited (and logs each time)."""
+    state_unavailable; fail_open lets requests through unlimited, without rate-limit headers
+    (and logs a warning once per outage)."""
     lock_ttl_s: float = Field(15.0, gt=0)
-    """A chat turn's session lock expires this long after its holder last renewed it, so a
-    crashed replica frees the session within this time."""
+    """A chat turn's session lock, and the lease of a generation that identical requests on other
+    replicas wait for, expire this long after their holder last renewed them, so a crashed
+    replica frees the session, and those requests, within this time."""
 
 
 class LoggingSettings(Section):

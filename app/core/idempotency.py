@@ -1,4 +1,5 @@
-"""Idempotency records behind a small async interface: in memory now (a TTL cache), Redis later."""
+"""Idempotency records behind a small async interface: this process's own (a TTL cache) here,
+shared by every replica in `app.core.redis_idempotency`."""
 
 from __future__ import annotations
 
@@ -35,17 +36,22 @@ class Record:
 class IdempotencyStore(Protocol):
     async def claim(self, key: str, fingerprint: str) -> Record | None:
         """None: the caller now holds `key` and must `complete` or `release` it. Else the record
-        of whoever holds it or answered it."""
+        of whoever holds it or answered it. May raise StateUnavailable (a shared store down)."""
         ...
 
-    async def complete(self, key: str, response: StoredResponse) -> None: ...
+    async def complete(self, key: str, response: StoredResponse) -> None:
+        """Keep the answer of the caller's claim. Never raises: the answer has already been
+        sent, so a store that cannot keep it lets the claim expire instead."""
+        ...
 
     async def release(self, key: str) -> None:
-        """Forget a claim whose answer is not to be kept (an error, a client that left)."""
+        """Forget a claim whose answer is not to be kept (an error, a client that left).
+        Never raises, like `complete`."""
         ...
 
     async def wait(self, key: str, timeout_s: float) -> None:
-        """Until the holder of `key` completes or releases it, or `timeout_s` passes."""
+        """Until the holder of `key` completes or releases it, or `timeout_s` passes.
+        May raise StateUnavailable, like `claim`."""
         ...
 
 

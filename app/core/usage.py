@@ -27,10 +27,12 @@ class UsageCounts:
 class UsageStore(Protocol):
     """Where usage is kept; the in-memory store serves one process, a shared one (Redis) all replicas."""
 
-    def add(self, key: str, counts: UsageCounts) -> None: ...
+    async def add(self, key: str, counts: UsageCounts) -> None:
+        """Never raises: usage a store cannot keep is lost, and the request it counts is not failed."""
+        ...
 
-    def read(self, key: str) -> tuple[UsageCounts, UsageCounts]:
-        """(today, total) for this key name; zeros if it has none."""
+    async def read(self, key: str) -> tuple[UsageCounts, UsageCounts]:
+        """(today, total) for this key name; zeros if it has none. May raise StateUnavailable."""
         ...
 
 
@@ -43,12 +45,12 @@ class MemoryUsageStore:
         self._today: dict[str, tuple[int, UsageCounts]] = {}
         self._total: dict[str, UsageCounts] = {}
 
-    def add(self, key: str, counts: UsageCounts) -> None:
+    async def add(self, key: str, counts: UsageCounts) -> None:
         day = self._day()
         self._today[key] = (day, self._read_today(key, day) + counts)
         self._total[key] = self._total.get(key, UsageCounts()) + counts
 
-    def read(self, key: str) -> tuple[UsageCounts, UsageCounts]:
+    async def read(self, key: str) -> tuple[UsageCounts, UsageCounts]:
         return self._read_today(key, self._day()), self._total.get(key, UsageCounts())
 
     def _day(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,10 +38,26 @@ class UsageMeter:
     def __init__(self, store: UsageStore, metrics: LLMMetrics) -> None:
         self.store = store
         self._metrics = metrics
+        self._writes: set[asyncio.Task[None]] = set()
+        """Store writes under way; held here, as the loop keeps only weak references to tasks."""
 
     def record(self, key: str, counts: UsageCounts) -> None:
-        self.store.add(key, counts)
+        """Counted in the metrics at once and in the store by a task of its own: the callers are
+        sync callbacks (a run's close), and a shared store answers over the network."""
+        write = asyncio.get_running_loop().create_task(self.store.add(key, counts))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
         self._metrics.count_key_usage(key, counts.requests, counts.prompt_tokens, counts.completion_tokens)
+
+    async def flush(self) -> None:
+        """Until the writes begun so far have ended (a store's `add` never raises)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes))
+
+    async def read(self, key: str) -> tuple[UsageCounts, UsageCounts]:
+        """(today, total), including what this replica recorded just before."""
+        await self.flush()
+        return await self.store.read(key)
 
 
 @dataclass(frozen=True)
@@ -50,34 +67,34 @@ class Accounting:
     usage: UsageMeter
     budget: TokenBudget | None = None
 
-    def reserve(self, caller: Caller, tokens: int) -> Reservation | None:
+    async def reserve(self, caller: Caller, tokens: int) -> Reservation | None:
         """Hold `tokens` of the caller's budget; a refusal is counted as rate limited and raised.
         The budget headers go out either way."""
         budget = self.budget
         if budget is None:
             return None
         try:
-            return budget.reserve(caller.identity, caller.key, tokens)
+            return await budget.reserve(caller.identity, caller.key, tokens)
         except RateLimited:
             self.usage.record(caller.usage_name, UsageCounts(rate_limited=1))
             raise
         finally:
-            caller.publish(budget.headers(caller.identity, caller.key))
+            caller.publish(await budget.headers(caller.identity, caller.key))
 
-    def free_ride(self, caller: Caller) -> Reservation | None:
+    async def free_ride(self, caller: Caller) -> Reservation | None:
         """A reservation of nothing (for a shared answer), settled with whatever it does use."""
         if self.budget is None:
             return None
-        self.publish_headers(caller)
+        await self.publish_headers(caller)
         return self.budget.nothing(caller.identity, caller.key)
 
-    def publish_headers(self, caller: Caller) -> None:
+    async def publish_headers(self, caller: Caller) -> None:
         if self.budget is not None:
-            caller.publish(self.budget.headers(caller.identity, caller.key))
+            caller.publish(await self.budget.headers(caller.identity, caller.key))
 
-    def settle(self, reservation: Reservation | None, used: int) -> None:
+    async def settle(self, reservation: Reservation | None, used: int) -> None:
         if reservation is not None and self.budget is not None:
-            self.budget.settle(reservation, used)
+            await self.budget.settle(reservation, used)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.api.guard import Gatekeeper
 from app.core.config import Settings, load_settings
-from app.core.rate_limit import RateLimiter
-from app.core.token_budget import TokenBudget
+from app.core.rate_limit import MemoryRateLimiter
+from app.core.token_budget import MemoryTokenBudget
 from app.core.usage import MemoryUsageStore
 from app.main import create_app
 from app.services.accounting import Accounting, UsageMeter
@@ -56,10 +56,10 @@ def running_app(
         policy: GenerationPolicy = app.state.policy
         assert policy.accounting is not None
         store = MemoryUsageStore(wall_clock=clock)
-        budget = TokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, clock, clock)
+        budget = MemoryTokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, clock, clock)
         app.state.policy = replace(policy, accounting=Accounting(UsageMeter(store, policy.metrics), budget=budget))
         gatekeeper: Gatekeeper = app.state.gatekeeper
-        limiter = RateLimiter(settings.rate_limit, clock=clock) if settings.rate_limit.enabled else None
+        limiter = MemoryRateLimiter(settings.rate_limit, clock=clock) if settings.rate_limit.enabled else None
         app.state.gatekeeper = replace(gatekeeper, limiter=limiter, usage=store)
     with TestClient(app, raise_server_exceptions=False) as client:
         assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10, interval_s=0.002), client.get(
@@ -67,6 +67,19 @@ def running_app(
         ).text
         engine.submitted.clear()
         yield app, client
+
+
+@contextmanager
+def running_replicas(settings: Settings, count: int = 2) -> Iterator[list[tuple[ScriptedEngine, TestClient]]]:
+    """`count` apps with the same settings (give them a redis `state` section: replicas sharing
+    it), each over a scripted engine of its own, so a test sees which replica generated."""
+    with ExitStack() as stack:
+        replicas = []
+        for _ in range(count):
+            engine = ScriptedEngine()
+            _, client = stack.enter_context(running_app(engine, settings))
+            replicas.append((engine, client))
+        yield replicas
 
 
 def release(client: TestClient, gate: asyncio.Event) -> None:

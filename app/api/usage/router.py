@@ -19,7 +19,7 @@ router = APIRouter(tags=["usage"])
 KeyQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Another key's name (admins).")]
 
 
-@router.get("/v1/usage", response_model=UsageResponse, responses=error_responses(403, 404, 422))
+@router.get("/v1/usage", response_model=UsageResponse, responses=error_responses(403, 404, 422, 503))
 async def usage(policy: PolicyDep, settings: SettingsDep, caller: CallerNameDep, key: KeyQuery = None) -> UsageResponse:
     own = caller or ANONYMOUS
     wanted = key or own
@@ -28,6 +28,5 @@ async def usage(policy: PolicyDep, settings: SettingsDep, caller: CallerNameDep,
             raise Forbidden("only keys in security.admin_keys may read another key's usage", param="key")
         if wanted not in key_names(settings):
             raise KeyNotFound(f"no key is named '{wanted}'", param="key")
-    counts = policy.accounting.usage.store.read(wanted) if policy.accounting else (UsageCounts(), UsageCounts())
-    today, total = counts
+    today, total = await policy.accounting.usage.read(wanted) if policy.accounting else (UsageCounts(), UsageCounts())
     return UsageResponse(key=wanted, today=UsagePeriod.of(today), total=UsagePeriod.of(total))
