@@ -5,7 +5,6 @@ drain, secrets from a Secret or an env file, two replicas behind nginx, Promethe
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,10 +66,10 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(listed) == sorted(on_disk)
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in KUBERNETES.glob("*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(path.name for path in KUBERNETES.glob("*.yaml") if path.name != "kustomization.yaml")
+)
 def test_each_manifest_passes_the_kubernetes_schema_strictly(name: str) -> None:
-    if name == "kustomization.yaml":
-        pytest.skip("kustomize's own file, not a Kubernetes API object: built by test_kustomize_builds")
     docs = documents(KUBERNETES / name)
     assert docs
     for doc in docs:
@@ -78,16 +77,6 @@ def test_each_manifest_passes_the_kubernetes_schema_strictly(name: str) -> None:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']}: {exc.message}")
-
-
-def test_kustomize_builds() -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (its kustomize builds the folder offline)")
-    built = subprocess.run([kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=60)
-    assert built.returncode == 0, built.stderr
-    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc)
-    assert kinds == sorted(doc["kind"] for _, doc in manifests())
 
 
 def test_probes_use_liveness_for_startup_and_liveness_and_health_for_readiness() -> None:
