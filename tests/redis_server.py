@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import redis
 
+from app.core.config import StateSettings
+from app.core.redis_state import RedisState, StateMonitor
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -65,6 +68,10 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=2)
+
+    def connect(self, monitor: StateMonitor | None = None, **overrides: Any) -> RedisState:
+        """The app's own connection to this server, under a key prefix of its own."""
+        return RedisState(StateSettings.model_validate(self.settings(**overrides)), monitor)
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
         """A `state` section using this server, under a key prefix of its own (tests share a server)."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.core.config import RateLimitSettings, StateSettings
+from app.core.config import RateLimitSettings
 from app.core.errors import StateUnavailable
 from app.core.rate_limit import MemoryRateLimiter
 from app.core.redis_rate_limit import RedisRateLimiter
@@ -20,13 +20,9 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.anyio
 
 
-def connect(server: RedisServer, **overrides: object) -> RedisState:
-    return RedisState(StateSettings.model_validate(server.settings(**overrides)))
-
-
 @pytest.fixture
 async def state(redis_server: RedisServer) -> AsyncIterator[RedisState]:
-    state = connect(redis_server)
+    state = redis_server.connect()
     yield state
     await state.close()
 
@@ -50,7 +46,7 @@ async def test_a_burst_then_refusals_answer_as_the_memory_bucket_does(state: Red
 
 async def test_replicas_hitting_at_once_share_one_burst(redis_server: RedisServer) -> None:
     prefix = redis_server.settings()["key_prefix"]
-    replicas = [connect(redis_server, key_prefix=prefix) for _ in range(2)]
+    replicas = [redis_server.connect(key_prefix=prefix) for _ in range(2)]
     limiters = [RedisRateLimiter(limits(1, 6), state) for state in replicas]
     decisions = await asyncio.gather(*(limiters[n % 2].hit("key:a") for n in range(20)))
     assert sum(1 for decision in decisions if decision is not None and decision.allowed) == 6
@@ -100,8 +96,8 @@ async def test_the_key_expires_when_the_bucket_would_be_full(state: RedisState, 
 async def test_fail_closed_raises_and_fail_open_lets_through_with_one_warning(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    closed_state = connect(own_redis)
-    open_state = connect(own_redis, on_error="fail_open")
+    closed_state = own_redis.connect()
+    open_state = own_redis.connect(on_error="fail_open")
     closed, opened = RedisRateLimiter(limits(60, 3), closed_state), RedisRateLimiter(limits(60, 3), open_state)
     assert await closed.hit("ip:1") is not None and await opened.hit("ip:2") is not None
     own_redis.stop()

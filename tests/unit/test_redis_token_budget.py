@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.core.config import StateSettings
 from app.core.errors import QuotaExceeded, StateUnavailable, TokenRateLimited, TokensOverBudget
 from app.core.redis_state import RedisState
 from app.core.redis_token_budget import RedisTokenBudget
@@ -19,13 +18,9 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.anyio
 
 
-def connect(server: RedisServer, **overrides: object) -> RedisState:
-    return RedisState(StateSettings.model_validate(server.settings(**overrides)))
-
-
 @pytest.fixture
 async def state(redis_server: RedisServer) -> AsyncIterator[RedisState]:
-    state = connect(redis_server)
+    state = redis_server.connect()
     yield state
     await state.close()
 
@@ -83,12 +78,12 @@ async def test_settle_returns_what_was_not_used_once_and_never_above_capacity(
 
 async def test_a_settle_whose_caller_is_cancelled_still_gives_back(redis_server: RedisServer) -> None:
     prefix = redis_server.settings()["key_prefix"]
-    first_state = connect(redis_server, key_prefix=prefix)
+    first_state = redis_server.connect(key_prefix=prefix)
     held = await budget(first_state, per_minute=200).reserve("key:a", "a", 104)
     await first_state.close()
     # A connection of its own, not yet open: the settle's first wait is for the connection,
     # before anything reaches Redis, and that is where its caller is cancelled.
-    fresh_state = connect(redis_server, key_prefix=prefix)
+    fresh_state = redis_server.connect(key_prefix=prefix)
     settling = asyncio.ensure_future(budget(fresh_state, per_minute=200).settle(held, 0))
     await asyncio.sleep(0)
     settling.cancel()
@@ -162,7 +157,7 @@ async def test_a_refused_reserve_charges_neither_bucket_nor_quota(state: RedisSt
 
 
 async def test_an_outage_fails_closed_or_open_and_a_settle_never_raises(own_redis: RedisServer) -> None:
-    closed_state, open_state = connect(own_redis), connect(own_redis, on_error="fail_open")
+    closed_state, open_state = own_redis.connect(), own_redis.connect(on_error="fail_open")
     closed = budget(closed_state, per_minute=100, a=KeyLimits(100, 1000))
     opened = budget(open_state, per_minute=100, a=KeyLimits(100, 1000))
     held = await closed.reserve("key:a", "a", 10)
