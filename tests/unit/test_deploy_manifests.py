@@ -122,7 +122,11 @@ def test_secrets_come_from_the_secret_and_the_config_map_holds_none(
     secret = find("Secret", "llm-secrets")["stringData"]
     assert all("REPLACE_ME" in value for key, value in secret.items() if key != "hf-token"), secret
     assert secret["redis-password"] in secret["redis-url"]
-    redis = find("Deployment", "llm-redis")["spec"]["template"]["spec"]["containers"][0]
+    redis_set = find("StatefulSet", "llm-redis")["spec"]
+    redis = redis_set["template"]["spec"]["containers"][0]
+    # A restarted Redis keeps sessions and usage: the append-only file on a volume of its own.
+    assert "--appendonly" in redis["args"] and redis["args"][redis["args"].index("--appendonly") + 1] == "yes"
+    assert [claim["metadata"]["name"] for claim in redis_set["volumeClaimTemplates"]] == ["data"]
     assert redis["env"] == [
         {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "llm-secrets", "key": "redis-password"}}}
     ]
@@ -135,8 +139,8 @@ def test_secrets_come_from_the_secret_and_the_config_map_holds_none(
 
 
 def test_pods_run_as_non_root() -> None:
-    for name in ("llm-server", "llm-redis"):
-        pod = find("Deployment", name)["spec"]["template"]["spec"]
+    for kind, name in (("Deployment", "llm-server"), ("StatefulSet", "llm-redis")):
+        pod = find(kind, name)["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
         for container in pod["containers"] + pod.get("initContainers", []):
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
