@@ -42,7 +42,10 @@ def stream_completion(url: str, max_tokens: int, first_token: threading.Event) -
 
 def serve(model_dir: Path, workdir: Path, grace_s: float) -> ServedProcess:
     port = free_port()
-    env = served_env(model_dir, APP__PORT=str(port), ENGINE__SHUTDOWN_GRACE_S=str(grace_s))
+    # No request timeout to meet: on a machine busy with other work a long stream may be slow.
+    env = served_env(
+        model_dir, APP__PORT=str(port), ENGINE__SHUTDOWN_GRACE_S=str(grace_s), ENGINE__REQUEST_TIMEOUT_S="3600"
+    )
     return ServedProcess([sys.executable, "-m", "app"], env, workdir, port).wait_healthy()
 
 
