@@ -60,7 +60,7 @@ def test_sigterm_drains_running_streams_while_health_says_draining(model_dir: Pa
     served = serve(model_dir, tmp_path, grace_s=300)
     try:
         with ThreadPoolExecutor(1) as pool, served.client() as client:
-            stream = start_stream(served, pool, max_tokens=200)
+            stream = start_stream(served, pool, max_tokens=96)
             served.process.send_signal(signal.SIGTERM)
             # Still listening: readiness fails (the load balancer takes the replica out), liveness holds.
             assert poll(lambda: client.get("/health").status_code == 503, timeout_s=30), client.get("/health").text
@@ -71,7 +71,7 @@ def test_sigterm_drains_running_streams_while_health_says_draining(model_dir: Pa
             refused = client.post("/v1/generate", json={"prompt": "Hello", "max_tokens": 2})
             assert_error(refused, 503, "shutting_down")
             assert not stream.done(), "the generation ended before the checks: make it longer"
-            payloads = stream.result(timeout=300)
+            payloads = stream.result(timeout=600)
         returncode = served.process.wait(timeout=60)
     finally:
         served.stop(signal.SIGKILL)
