@@ -15,27 +15,12 @@ import httpx
 import pytest
 
 from tests.conftest import assert_error, free_port, metric_value, start_replicas
+from tests.e2e.test_replicas_sessions import chat, history, new_session
 from tests.redis_server import RedisServer
 
 BOUND_S = 5.0
 """Far above the few Redis calls of one request (each bounded by state.timeout_s, 0.5 s here),
 far below a hung connection."""
-
-
-def new_session() -> str:
-    return f"outage-{uuid.uuid4().hex}"
-
-
-def chat(client: httpx.Client, content: str, session_id: str, max_tokens: int = 6) -> httpx.Response:
-    body = {"messages": [{"role": "user", "content": content}], "session_id": session_id, "max_tokens": max_tokens}
-    return client.post("/v1/chat", json={"temperature": 0, **body})
-
-
-def history(client: httpx.Client, session_id: str) -> list[dict[str, str]]:
-    response = client.get(f"/v1/chat/sessions/{session_id}")
-    assert response.status_code == 200, response.text
-    messages: list[dict[str, str]] = response.json()["messages"]
-    return messages
 
 
 def within_bound(call: Callable[[], httpx.Response]) -> httpx.Response:
@@ -55,7 +40,7 @@ def test_turns_racing_on_two_replicas_never_interleave(model_dir: Path, redis_se
             questions = {"A": "Tell me about rivers.", "B": "Tell me about mountains."}
             with ThreadPoolExecutor(2) as pool:
                 racing = {
-                    name: pool.submit(chat, client, questions[name], session_id, 24)
+                    name: pool.submit(chat, client, questions[name], session_id, max_tokens=24)
                     for name, client in (("A", on_a), ("B", on_b))
                 }
                 answers = {name: future.result() for name, future in racing.items()}
