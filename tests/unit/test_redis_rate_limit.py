@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,13 +17,6 @@ from tests.conftest import until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def state(redis_server: RedisServer) -> AsyncIterator[RedisState]:
-    state = redis_server.connect()
-    yield state
-    await state.close()
 
 
 def limits(per_minute: float, burst: int) -> RateLimitSettings:

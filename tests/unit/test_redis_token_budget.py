@@ -4,7 +4,6 @@ quota on Redis's day, and what an outage does under each state.on_error."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,13 +15,6 @@ from tests.conftest import until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def state(redis_server: RedisServer) -> AsyncIterator[RedisState]:
-    state = redis_server.connect()
-    yield state
-    await state.close()
 
 
 def budget(state: RedisState, per_minute: int = 0, **keys: KeyLimits) -> RedisTokenBudget:
