@@ -98,6 +98,13 @@ class PrefixCache:
         self._bytes += nbytes
         return True
 
+    def clear(self) -> int:
+        """Forget every entry (their memory is needed elsewhere); returns the bytes they held."""
+        freed = self._bytes
+        self._entries.clear()
+        self._bytes = 0
+        return freed
+
     def stats(self) -> PrefixCacheStats:
         return PrefixCacheStats(
             entries=len(self._entries), bytes=self._bytes, hits=self._hits, hit_tokens=self._hit_tokens

@@ -206,14 +206,29 @@ class Scheduler:
             state = slot.state
             if state.finish_reason is None or kv.row_tokens(row) != len(state.tokens) - 1:
                 continue
-            self._prefixes.store(state.tokens[:-1], kv.row_bytes(row), partial(kv.row_snapshot, row))
+            try:
+                self._prefixes.store(state.tokens[:-1], kv.row_bytes(row), partial(kv.row_snapshot, row))
+            except torch.OutOfMemoryError:  # no room for the copy: the request is done all the same
+                self._empty_prefix_cache()
+                return
 
     def _set_running(self, keep: list[int]) -> None:
         self._kv.keep(keep)
         self._running = [self._running[row] for row in keep]
 
+    def _empty_prefix_cache(self) -> bool:
+        """Out of memory: the cached KV goes before any request does. False if there was none."""
+        if not self._prefixes.clear():
+            return False
+        _release_memory(self._loaded.device)
+        logger.warning("out of memory; the prefix cache was emptied")
+        return True
+
     def _shrink_after_oom(self) -> list[Retired]:
-        """Halve the batch: the newer half waits to be prefilled again; alone, the request fails."""
+        """Empty the prefix cache and step again; without one, halve the batch: the newer half
+        waits to be prefilled again; alone, the request fails."""
+        if self._empty_prefix_cache():
+            return []
         _release_memory(self._loaded.device)
         if len(self._running) == 1:
             failed = self._fail(self._running[0])
@@ -227,10 +242,14 @@ class Scheduler:
         return []
 
     def _split_after_oom(self) -> list[Retired]:
-        """Prefill fewer prompts at a time from now on; a prompt that fails alone fails its request."""
-        _release_memory(self._loaded.device)
+        """Empty the prefix cache and prefill the group again; without one, prefill fewer prompts
+        at a time from now on; a prompt that fails alone fails its request."""
         live = [slot for slot in self._prefilling if slot is not None]
         self._prefill, self._prefilling = None, []
+        if self._empty_prefix_cache():
+            self._pending.extendleft(reversed(live))
+            return []
+        _release_memory(self._loaded.device)
         if len(live) == 1:
             return [self._fail(live[0])]
         self._group_rows, self._clean_steps = max(1, len(live) // 2), 0

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from app.core.config import EngineSettings, ModelSettings
 from app.engine.batching import BatchingEngine
@@ -56,7 +59,7 @@ class Chats:
         try:
             for turn in range(max(len(chat) for chat in chats)):
                 asked = [(i, chat[turn]) for i, chat in enumerate(chats) if turn < len(chat)]
-                answers = await asyncio.gather(*(self._ask(f"c{i}-t{turn}", histories[i], q) for i, q in asked))
+                answers = await asyncio.gather(*(self.ask(f"c{i}-t{turn}", histories[i], q) for i, q in asked))
                 for (i, question), answer in zip(asked, answers, strict=True):
                     histories[i] += [ChatMessage("user", question), ChatMessage("assistant", answer)]
                 self.hit_tokens.append(self.engine.stats().prefix_cache.hit_tokens)
@@ -64,7 +67,7 @@ class Chats:
             await self.engine.shutdown(0)
         return [[m.content for m in history if m.role == "assistant"] for history in histories]
 
-    async def _ask(self, request_id: str, history: list[ChatMessage], question: str) -> str:
+    async def ask(self, request_id: str, history: list[ChatMessage], question: str) -> str:
         ids = self._prompts.build_chat(history, [ChatMessage("user", question)], TOKENS).prompt_ids
         self.prompt_lengths[request_id] = len(ids)
         request = GenerationRequest(request_id, ids, SamplingParams(max_tokens=TOKENS, temperature=0.0))
@@ -139,3 +142,46 @@ def test_a_session_chat_over_http_reuses_its_turns_and_answers_the_same(model_di
     finally:
         for server in servers:
             server.stop()
+
+
+class OutOfMemoryOnce:
+    """The real model, but once armed its next prefill (several columns) or decoding step (one)
+    fails as CUDA would when it runs out of memory."""
+
+    def __init__(self, model: Any, during: str) -> None:
+        self._model = model
+        self._during = during
+        self.armed = False
+
+    def __call__(self, **inputs: Any) -> Any:
+        decoding = inputs["input_ids"].shape[1] == 1
+        if self.armed and decoding == (self._during == "decode"):
+            self.armed = False
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return self._model(**inputs)
+
+
+@pytest.mark.parametrize("during", ["prefill", "decode"])
+def test_out_of_memory_empties_the_prefix_cache_before_it_touches_a_request(
+    loaded: LoadedModel, prompts: PromptBuilder, during: str
+) -> None:
+    flaky = OutOfMemoryOnce(loaded.model, during)
+    chats = Chats(replace(loaded, model=flaky), prompts, 256)
+    first, second = CHATS[0][:2]
+
+    async def scenario() -> list[str]:
+        chats.engine.start()
+        try:
+            answer = await chats.ask("t0", [], first)
+            assert chats.engine.stats().prefix_cache.entries == 1
+            flaky.armed = True
+            history = [ChatMessage("user", first), ChatMessage("assistant", answer)]
+            return [answer, await chats.ask("t1", history, second)]
+        finally:
+            await chats.engine.shutdown(0)
+
+    answers = asyncio.run(scenario())
+    assert not flaky.armed  # the failure happened
+    assert answers == asyncio.run(Chats(loaded, prompts, 0).run([[first, second]]))[0]
+    stats = chats.engine.stats().prefix_cache
+    assert stats.hits == 1 and stats.entries == 1  # emptied, then the second turn's sequence was kept
