@@ -5,8 +5,9 @@ decoding step for the whole running batch, then feeds one bounded prefill chunk 
 admitted sequences, which join the batch as soon as their prompt is in. A sequence that
 finishes leaves at once, its KV offered to the prefix cache; a prompt that begins like a
 cached sequence (a chat's next turn) is prefilled alone from where the cached KV ends. On
-an out-of-memory error the batch is halved (the rest is preempted and prefilled again
-later from its tokens) or, alone, the one request fails.
+an out-of-memory error the prefix cache is emptied first; if it held nothing, the batch is
+halved (the rest is preempted and prefilled again later from its tokens) or, alone, the
+one request fails.
 """
 
 from __future__ import annotations
