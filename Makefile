@@ -67,10 +67,14 @@ type-check: $(STAMP)
 	$(BIN)/mypy
 
 # BENCH_ARGS: options of bench/run.py, e.g. BENCH_ARGS="--dtype bfloat16" or "--levels 1,4,16,32".
+# STATE=redis: also measure a server on a Redis state backend (its own redis-server) at 1 and 16 clients.
 BENCH_ARGS ?=
+STATE ?= memory
+# Not into the servers' environment: there STATE would set the whole `state` settings section.
+unexport STATE
 bench: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.run --state $(STATE) $(BENCH_ARGS)
 
 build-docker:
 	docker build -t $(IMAGE) .

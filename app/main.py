@@ -82,6 +82,7 @@ def create_app(
         llm_metrics.watch(
             LiveValues(
                 queue=lambda: _queue_counts(runtime),
+                batch_slots=settings.engine.max_batch_size,
                 cache=lambda: policy.cache.stats() if policy.cache else None,
                 sessions=lambda: len(sessions),
                 prefix_cache=lambda: _prefix_cache(runtime),

@@ -7,6 +7,11 @@ level every client sends `--requests` streamed /v1/generate calls of `--tokens` 
 tokens, one after another. Printed per level: requests/s, aggregate output tokens/s, time to
 first token p50/p95, inter-token latency p50, end-to-end p50/p95, errors; then the ratios,
 and the server at one client against bare `model.generate` on the same model, alternated.
+
+`--state redis` adds a third server, the batching one with `state.backend: redis` on a
+redis-server of the bench's own, measured right after the memory one at `--state-levels`;
+in that mode every server runs its rate limiter (with limits far above the bench's rate),
+so that each request pays the state backend's round trips as it would in production.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.redis_server import RedisProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time, in a small village by the sea,"
 SERVER_ENV = {
@@ -34,6 +41,13 @@ SERVER_ENV = {
     "CACHE__ENABLED": "false",  # it repeats one prompt: every request must reach the engine
     "ENGINE__QUEUE_TIMEOUT_S": "900",  # the max_batch_size=1 server queues 16 clients: measure, don't reject
     "ENGINE__MAX_QUEUE": "256",
+}
+STATE_ENV = {
+    # --state redis: the limiter runs on every request (and so touches the state backend) but
+    # never refuses one.
+    "RATE_LIMIT__ENABLED": "true",
+    "RATE_LIMIT__REQUESTS_PER_MINUTE": "100000000",
+    "RATE_LIMIT__BURST_SIZE": "100000000",
 }
 
 
@@ -212,6 +226,18 @@ def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+@dataclass
+class Contender:
+    """A server measured right after the batching one at some levels, as its alternative."""
+
+    server: Server
+    levels: set[int]
+    ratio: str
+    """How the ratio line names the comparison; the ratio is always batching (memory) / this."""
+    inverse: bool = False
+    """Print this / batching instead (for the state backend: the cost of Redis)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--levels", default="1,4,16", help="comma-separated concurrency levels")
@@ -222,55 +248,79 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip bare model.generate at one client")
     parser.add_argument("--pairs", type=int, default=3, help="alternations of server and bare generate at one client")
     parser.add_argument("--url", help="bench a running server instead (no baseline, no reference)")
+    parser.add_argument(
+        "--state", choices=("memory", "redis"), default="memory", help="redis: also a server on a Redis state backend"
+    )
+    parser.add_argument("--state-levels", default="1,16", help="levels also run with --state redis's server")
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     baseline_levels = {int(level) for level in args.baseline_levels.split(",") if level} if not args.url else set()
+    if args.url and args.state == "redis":
+        parser.error("--state redis starts its own servers; it cannot bench --url")
 
     servers: list[Server] = []
+    store: RedisProcess | None = None
     try:
         if args.url:
             batched = Server("batch", args.url)
+            contenders: list[Contender] = []
         else:
-            batched = Server.start("batch", {"MODEL__DTYPE": args.dtype})
+            common = {"MODEL__DTYPE": args.dtype, **(STATE_ENV if args.state == "redis" else {})}
+            batched = Server.start("batch", common)
             servers.append(batched)
+            contenders = []
             if baseline_levels:
-                servers.append(Server.start("serial", {"MODEL__DTYPE": args.dtype, "ENGINE__MAX_BATCH_SIZE": "1"}))
+                serial = Server.start("serial", {**common, "ENGINE__MAX_BATCH_SIZE": "1"})
+                servers.append(serial)
+                contenders.append(Contender(serial, baseline_levels, "batch / max_batch_size=1"))
+            if args.state == "redis":
+                store = RedisProcess(free_port()).wait_ready()
+                state = {"STATE__BACKEND": "redis", "STATE__REDIS_URL": store.url, "STATE__KEY_PREFIX": "bench:"}
+                redis_server = Server.start("redis", {**common, **state})
+                servers.append(redis_server)
+                state_levels = {int(level) for level in args.state_levels.split(",") if level}
+                contenders.append(Contender(redis_server, state_levels, "state.backend redis / memory", inverse=True))
         for server in servers:
             server.wait_healthy()
-        report(args, batched, servers[1] if len(servers) > 1 else None, levels, baseline_levels)
+        report(args, batched, contenders, levels)
     finally:
         for server in servers:
             server.stop()
+        if store is not None:
+            store.stop()
 
 
-def report(
-    args: argparse.Namespace, batched: Server, serial: Server | None, levels: list[int], baseline_levels: set[int]
-) -> None:
+def report(args: argparse.Namespace, batched: Server, contenders: list[Contender], levels: list[int]) -> None:
     status = httpx.get(f"{batched.url}/status", timeout=10).json()
     model = status["model"]
     print(f"model {model['served_name']} on {model['device']} ({model['dtype']}), {os.cpu_count()} CPUs")
     print(f"{args.tokens} output tokens per request, {args.requests} requests per client, streamed")
+    if args.state == "redis":
+        print("state: batch and serial on memory, redis on a local redis-server; rate limiter on in all")
     print(f"load average at start: {load()}")
-    for server in (batched, serial):
-        if server is not None:  # first-call costs (allocations, kernel choices) out of the figures
-            asyncio.run(run_level(server.label, server.url, 2, 1, 8))
+    for server in (batched, *(contender.server for contender in contenders)):
+        # first-call costs (allocations, kernel choices) out of the figures
+        asyncio.run(run_level(server.label, server.url, 2, 1, 8))
     print(HEADER)
     ours: dict[int, LevelResult] = {}
-    theirs: dict[int, LevelResult] = {}
+    theirs: list[dict[int, LevelResult]] = [{} for _ in contenders]
     for level in levels:
         ours[level] = asyncio.run(run_level("batch", batched.url, level, args.requests, args.tokens))
         print(ours[level].row(), flush=True)
-        if serial is not None and level in baseline_levels:
-            theirs[level] = asyncio.run(run_level("serial", serial.url, level, args.requests, args.tokens))
-            print(theirs[level].row(), flush=True)
+        for contender, results in zip(contenders, theirs, strict=True):
+            if level in contender.levels:
+                server = contender.server
+                results[level] = asyncio.run(run_level(server.label, server.url, level, args.requests, args.tokens))
+                print(results[level].row(), flush=True)
     print(f"load average at end: {load()}")
     first = levels[0]
     for level in levels[1:]:
         ratio = ours[level].tokens_per_s() / ours[first].tokens_per_s()
         print(f"batch: throughput at {level} clients / at {first}: {ratio:.2f}x")
-    for level, result in theirs.items():
-        ratio = ours[level].tokens_per_s() / result.tokens_per_s()
-        print(f"throughput at {level} clients, batch / max_batch_size=1: {ratio:.2f}x")
+    for contender, results in zip(contenders, theirs, strict=True):
+        for level, result in results.items():
+            ratio = ours[level].tokens_per_s() / result.tokens_per_s()
+            print(f"throughput at {level} clients, {contender.ratio}: {1 / ratio if contender.inverse else ratio:.2f}x")
     if not args.no_reference and not args.url:
         one_client_against_bare_generate(batched.url, args)
 

@@ -66,8 +66,9 @@ async def guard(request: Request) -> Principal | None:
     request.state.caller = Caller(
         identity, principal.name if principal else None, functools.partial(add_response_headers, request)
     )
-    if gate.limiter is not None:
-        decision = gate.limiter.hit(identity)
+    # No decision: the shared store is down and state.on_error lets requests through unlimited.
+    decision = await gate.limiter.hit(identity) if gate.limiter is not None else None
+    if decision is not None:
         add_response_headers(request, decision.headers())
         if not decision.allowed:
             retry_s = decision.retry_after_s

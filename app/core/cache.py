@@ -1,4 +1,10 @@
-"""TTL-LRU cache of whole responses, with single flight for identical concurrent requests."""
+"""TTL-LRU cache of whole responses, with single flight for identical concurrent requests.
+
+`Cache` is what the generation service sees: `board` tells a request where it stands (a stored
+answer, a follower of an identical generation already running, or the leader that generates).
+`ResponseCache` is the memory backend, one process's own; app.core.redis_cache puts one in
+front of Redis so that replicas share answers and generations.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from cachetools import TTLCache
 
@@ -58,8 +64,43 @@ class Flight(Generic[V]):
             self._result.set_result(value)
 
 
+class Seat(Generic[V]):
+    """Where one request stands with the cache. This base is a stored answer (`answer`), or
+    nothing to do at all; followers and leaders override what they do."""
+
+    leads = False
+    """Whether this request generates the answer that identical ones wait for."""
+
+    def __init__(self, answer: V | None = None) -> None:
+        self.answer = answer
+
+    async def wait(self, patience_s: float) -> V | None:
+        """A follower's answer from the generation it follows; None if that did not complete (or
+        not within `patience_s`): the follower then generates alone."""
+        return self.answer
+
+    async def land(self, value: V) -> None:
+        """The leader's generation completed: keep `value` and hand it to the followers."""
+
+    def leave(self) -> None:
+        """The request ended (however: also after `land`). Synchronous, so that it runs even from
+        a cancelled task: followers must never be left waiting for a leader that is gone."""
+
+
+class Cache(Protocol[V]):
+    """The response cache and single flight, whichever backend keeps them."""
+
+    async def board(self, key: str) -> Seat[V]:
+        """The seat of a request for `key`, counted as a hit (a stored answer, or a generation
+        to follow) or a miss (it leads)."""
+        ...
+
+    def stats(self) -> CacheStats: ...
+
+
 class ResponseCache(Generic[V]):
-    """Used from the event loop only; `clock` is injectable so tests can move time."""
+    """The memory backend; the local layer of the Redis one. Used from the event loop only;
+    `clock` is injectable so tests can move time."""
 
     def __init__(self, size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: _EvictionCountingCache[V] = _EvictionCountingCache(size, ttl_s, clock)
@@ -101,6 +142,22 @@ class ResponseCache(Generic[V]):
         if self._flights.get(key) is flight:
             self.land(key, None)
 
+    def seat(self, key: str) -> Seat[V]:
+        """Where a request for `key` stands in this process, not yet counted. Synchronous: no
+        other request can take off between the look at the flights and the take-off."""
+        stored = self.get(key)
+        if stored is not None:
+            return Seat(stored)
+        flight = self.flight(key)
+        if flight is not None:
+            return Follower(self, key, flight)
+        return Leader(self, key, self.take_off(key))
+
+    async def board(self, key: str) -> Seat[V]:
+        seat = self.seat(key)
+        self.count(hit=not seat.leads)
+        return seat
+
     def stats(self) -> CacheStats:
         self._entries.expire()
         return CacheStats(
@@ -110,3 +167,34 @@ class ResponseCache(Generic[V]):
             misses=self._misses,
             evictions=self._entries.evictions,
         )
+
+
+class Follower(Seat[V]):
+    """Follows a generation of this process."""
+
+    def __init__(self, cache: ResponseCache[V], key: str, flight: Flight[V]) -> None:
+        super().__init__()
+        self._cache, self._key, self._flight = cache, key, flight
+
+    async def wait(self, patience_s: float) -> V | None:
+        value = await self._flight.wait(patience_s)
+        if value is None:
+            # Later identical requests do not follow a leader that failed or is too slow.
+            self._cache.abandon(self._key, self._flight)
+        return value
+
+
+class Leader(Seat[V]):
+    """Generates in this process while identical requests here follow its flight."""
+
+    leads = True
+
+    def __init__(self, cache: ResponseCache[V], key: str, flight: Flight[V]) -> None:
+        super().__init__()
+        self._cache, self._key, self.flight = cache, key, flight
+
+    async def land(self, value: V) -> None:
+        self._cache.land(self._key, value)
+
+    def leave(self) -> None:
+        self._cache.abandon(self._key, self.flight)

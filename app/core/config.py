@@ -259,10 +259,12 @@ class StateSettings(Section):
     """Longest wait for one Redis call; past it the call counts as failed."""
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     """Rate limits and token budgets while Redis is unreachable: fail_closed answers 503
-    state_unavailable; fail_open lets requests through unlimited (and logs each time)."""
+    state_unavailable; fail_open lets requests through unlimited, without rate-limit headers
+    (and logs a warning once per outage)."""
     lock_ttl_s: float = Field(15.0, gt=0)
-    """A chat turn's session lock expires this long after its holder last renewed it, so a
-    crashed replica frees the session within this time."""
+    """A chat turn's session lock, and the lease of a generation that identical requests on other
+    replicas wait for, expire this long after their holder last renewed them, so a crashed
+    replica frees the session, and those requests, within this time."""
 
 
 class LoggingSettings(Section):

@@ -2,7 +2,8 @@
 into the same per-app registry, so every app built (tests build many) has its own.
 
 Label values come from bounded sets only: the served model, a rejection reason, a PII entity,
-a cache result. Live values (queue, running requests, cache, sessions) are read at scrape time.
+a cache result. Live values (queue, running requests, cache, sessions) are read at scrape time;
+the queue figures are also published under vLLM's names for autoscalers and inference gateways.
 """
 
 from __future__ import annotations
@@ -42,19 +43,23 @@ class LiveValues:
 
     queue: Callable[[], tuple[int, int]]
     """(waiting, running) requests of the engine."""
+    batch_slots: int
+    """Sequences the engine decodes together at most (`engine.max_batch_size`)."""
     cache: Callable[[], CacheStats | None]
     sessions: Callable[[], int]
     prefix_cache: Callable[[], PrefixCacheFigures | None]
 
 
 class _LiveCollector(Collector):
-    def __init__(self, live: LiveValues) -> None:
+    def __init__(self, live: LiveValues, model_name: str) -> None:
         self._live = live
+        self._model_name = model_name
 
     def collect(self) -> Iterator[Metric]:
         queued, running = self._live.queue()
         yield GaugeMetricFamily("llm_queue_size", "Requests waiting for the engine.", value=queued)
         yield GaugeMetricFamily("llm_running_requests", "Requests being generated now.", value=running)
+        yield from self._autoscaling_aliases(queued, running)
         yield GaugeMetricFamily("llm_chat_sessions", "Chat sessions held.", value=self._live.sessions())
         cache = self._live.cache()
         results = CounterMetricFamily("llm_cache_requests", "Response cache lookups by result.", labels=["result"])
@@ -79,6 +84,22 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "llm_prefix_cache_bytes", "Bytes of KV held by the prefix cache.", value=prefixes.bytes if prefixes else 0
         )
+
+    def _autoscaling_aliases(self, queued: int, running: int) -> Iterator[Metric]:
+        """The same figures under vLLM's names, labelled as vLLM labels them, because that is what
+        autoscalers and inference gateways scrape: the Gateway API Inference Extension's model
+        server protocol (queued, running, KV cache utilisation) and the KEDA/HPA examples."""
+        usage = min(1.0, running / self._live.batch_slots) if self._live.batch_slots > 0 else 0.0
+        figures = (
+            ("vllm:num_requests_waiting", "Requests waiting for the engine (alias of llm_queue_size).", queued),
+            ("vllm:num_requests_running", "Requests being generated now (alias of llm_running_requests).", running),
+            ("vllm:kv_cache_usage_perc", "Batch slots in use, 0..1: running / engine.max_batch_size.", usage),
+            ("vllm:gpu_cache_usage_perc", "Older name of vllm:kv_cache_usage_perc.", usage),
+        )
+        for name, documentation, value in figures:
+            family = GaugeMetricFamily(name, documentation, labels=["model_name"])
+            family.add_metric([self._model_name], value)
+            yield family
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -151,7 +172,7 @@ class LLMMetrics:
             family.labels(model_name)
 
     def watch(self, live: LiveValues) -> None:
-        self.registry.register(_LiveCollector(live))
+        self.registry.register(_LiveCollector(live, self.model_name))
 
     def reject(self, reason: str | None) -> None:
         """Count one request turned away or stopped; None (an error that is no rejection) counts nothing."""

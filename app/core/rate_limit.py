@@ -2,6 +2,8 @@
 
 Our own small bucket rather than slowapi's: slowapi's backend, `limits`, offers fixed and
 sliding windows only, and clients are promised a bucket: a sustained refill plus a burst capacity.
+`RateLimiter` is the interface; the in-memory limiter here serves one process, the Redis one
+(app/core/redis_rate_limit.py) every replica sharing a Redis.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachetools import TTLCache
 
@@ -67,7 +70,16 @@ class TokenBucket:
         self.tokens = min(self.capacity, self.tokens + amount)
 
 
-class RateLimiter:
+class RateLimiter(Protocol):
+    """Charges one request to an identity's bucket."""
+
+    async def hit(self, identity: str) -> Decision | None:
+        """The verdict; None when there is none (the shared store is down and `state.on_error`
+        is fail_open): the request goes through, without rate-limit headers."""
+        ...
+
+
+class MemoryRateLimiter:
     """One bucket per identity. A bucket unused long enough to refill completely is dropped:
     forgetting it changes nothing, so memory follows the clients active right now."""
 
@@ -79,7 +91,7 @@ class RateLimiter:
         full_refill_s = self._capacity / self._refill_per_s
         self._buckets: TTLCache[str, TokenBucket] = TTLCache(MAX_TRACKED_CLIENTS, full_refill_s, timer=clock)
 
-    def hit(self, identity: str) -> Decision:
+    async def hit(self, identity: str) -> Decision:
         now = self._clock()
         bucket = self._buckets.get(identity)
         if bucket is None:

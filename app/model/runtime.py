@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.core.config import ModelSettings, Settings
-from app.core.errors import ModelNotReady, ModelUnhealthy
+from app.core.errors import ModelNotReady, ModelUnhealthy, ShuttingDown
 from app.engine.types import BatchObserver, Engine, EngineStats, GenerationRequest, SamplingParams
 from app.model.chat_format import PromptBuilder
 
@@ -29,6 +29,8 @@ class ModelState(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    DRAINING = "draining"
+    """Told to stop (SIGTERM): running generations finish, new ones are refused."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ class ModelRuntime:
             return self._ready
         if self.state is ModelState.FAILED:
             raise ModelUnhealthy("the model failed to load")
+        if self.state is ModelState.DRAINING:
+            raise ShuttingDown("server is shutting down; retry on another replica")
         raise ModelNotReady(f"model is loading ({self.progress}); retry shortly")
 
     def engine_stats(self) -> EngineStats | None:
@@ -134,7 +138,10 @@ class ModelRuntime:
         except Exception as exc:
             self.state, self.error = ModelState.FAILED, str(exc) or type(exc).__name__
             raise
-        self._ready, self.state, self.progress = ready, ModelState.READY, "ready"
+        self._ready, self.progress = ready, "ready"
+        if self.state is not ModelState.LOADING:  # told to drain while loading: stays draining
+            return
+        self.state = ModelState.READY
         logger.info(
             "model ready",
             extra={"model": ready.info.served_name, "startup_s": round(time.time() - self.started_at, 2)},
@@ -146,7 +153,20 @@ class ModelRuntime:
         self._engine = ready.engine
         return ready
 
+    async def drain(self) -> None:
+        """Refuse new generations (ShuttingDown; /health says `draining`) and give running ones
+        `engine.shutdown_grace_s` to finish; what still runs then is cut. The server keeps
+        listening meanwhile, so load balancers see the replica leave before its socket closes."""
+        if self.state not in (ModelState.READY, ModelState.LOADING):
+            return
+        serving, self.state = self.state is ModelState.READY, ModelState.DRAINING
+        if not serving:  # nothing runs yet; the lifespan's end stops the loading
+            return
+        logger.info("draining", extra={"grace_s": self._settings.engine.shutdown_grace_s})
+        await self.shutdown()
+
     async def shutdown(self) -> None:
+        """Stop the engine (after `drain`, at once: it has nothing left to wait for)."""
         if self._engine is not None:
             await self._engine.shutdown(self._settings.engine.shutdown_grace_s)
 

@@ -67,34 +67,34 @@ class Accounting:
     usage: UsageMeter
     budget: TokenBudget | None = None
 
-    def reserve(self, caller: Caller, tokens: int) -> Reservation | None:
+    async def reserve(self, caller: Caller, tokens: int) -> Reservation | None:
         """Hold `tokens` of the caller's budget; a refusal is counted as rate limited and raised.
         The budget headers go out either way."""
         budget = self.budget
         if budget is None:
             return None
         try:
-            return budget.reserve(caller.identity, caller.key, tokens)
+            return await budget.reserve(caller.identity, caller.key, tokens)
         except RateLimited:
             self.usage.record(caller.usage_name, UsageCounts(rate_limited=1))
             raise
         finally:
-            caller.publish(budget.headers(caller.identity, caller.key))
+            caller.publish(await budget.headers(caller.identity, caller.key))
 
-    def free_ride(self, caller: Caller) -> Reservation | None:
+    async def free_ride(self, caller: Caller) -> Reservation | None:
         """A reservation of nothing (for a shared answer), settled with whatever it does use."""
         if self.budget is None:
             return None
-        self.publish_headers(caller)
+        await self.publish_headers(caller)
         return self.budget.nothing(caller.identity, caller.key)
 
-    def publish_headers(self, caller: Caller) -> None:
+    async def publish_headers(self, caller: Caller) -> None:
         if self.budget is not None:
-            caller.publish(self.budget.headers(caller.identity, caller.key))
+            caller.publish(await self.budget.headers(caller.identity, caller.key))
 
-    def settle(self, reservation: Reservation | None, used: int) -> None:
+    async def settle(self, reservation: Reservation | None, used: int) -> None:
         if reservation is not None and self.budget is not None:
-            self.budget.settle(reservation, used)
+            await self.budget.settle(reservation, used)
 
 
 @dataclass

@@ -30,8 +30,9 @@ class ChatService:
         """Check the new messages (their total size, `param` naming the field, then PII), render
         and tokenise the prompt once, and admit one run per choice, all or none.
 
-        With a session (one choice only): its lock is held until the run ends or is closed, and
-        its history changes only if the answer completes."""
+        With a session (one choice only): the session is held from here until the run ends or is
+        closed (a turn already running on it is waited for, see SessionStore.begin_turn), and its
+        history changes only if the answer completes."""
         # The limit bounds what the caller sends; a session's stored history is the server's own.
         self._generation.check_prompt_size(sum(len(m.content) for m in messages), param)
         checked = [
@@ -53,20 +54,14 @@ class ChatService:
     async def _start_turn(
         self, request_id: str, messages: list[ChatMessage], params: SamplingParams, session_id: str, owner: str | None
     ) -> GenerationRun:
-        session = self._sessions.get_or_create(session_id, owner)
-        await session.lock.acquire()
-
-        def end_turn() -> None:
-            self._sessions.forget_if_uncommitted(session)
-            session.lock.release()
-
+        turn = await self._sessions.begin_turn(session_id, owner)
         try:
-            prompt = await asyncio.to_thread(self._prompts.build_chat, session.messages, messages, params.max_tokens)
+            prompt = await asyncio.to_thread(self._prompts.build_chat, turn.history, messages, params.max_tokens)
             kept = prompt.kept_history
 
             async def commit(completion: Completion) -> None:
                 answer = ChatMessage("assistant", completion.text)
-                self._sessions.replace_history(session, [*kept, *messages, answer])
+                await turn.commit([*kept, *messages, answer])
 
             return await self._generation.start(
                 request_id,
@@ -74,10 +69,10 @@ class ChatService:
                 params,
                 log_prompt=_log_prompt(messages),
                 on_success=commit,
-                on_close=end_turn,
+                on_close=turn.end,
             )
         except BaseException:
-            end_turn()
+            turn.end()
             raise
 
 

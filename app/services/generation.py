@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from app.core.cache import Flight, ResponseCache
+from app.core.cache import Cache, Seat
 from app.core.errors import PromptTooLong
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
@@ -53,7 +53,7 @@ class GenerationPolicy:
 
     pii: PIIGuard
     metrics: LLMMetrics
-    cache: ResponseCache[Completion] | None = None
+    cache: Cache[Completion] | None = None
     cache_deterministic_only: bool = True
     log_prompts: bool = False
     flight_patience_s: float = 360.0
@@ -268,26 +268,25 @@ class GenerationService:
             closes.append(tally.run_ended)
         cache = policy.cache
         if cache is None or not policy.cacheable(params):
-            return self._run(self._generate(request, self._reserve(request)), successes, closes, log_prompt)
+            return self._run(await self._generate(request, await self._reserve(request)), successes, closes, log_prompt)
 
-        key = cache_key(self._model_name, prompt_ids, params)
-        stored = cache.get(key)
-        flight = None if stored is not None else cache.flight(key)
-        cache.count(hit=stored is not None or flight is not None)
-        if stored is not None:
-            self._publish_budget()
-            return self._run(_replay(stored), successes, closes, log_prompt, cached=True)
-        if flight is not None:
-            follow = self._follow(cache, key, flight, request, self._free_ride())
-            return self._run(follow, successes, closes, log_prompt, cached=True)
-
-        chunks = self._generate(request, self._reserve(request))
-        cache.take_off(key)
+        seat = await cache.board(cache_key(self._model_name, prompt_ids, params))
+        if seat.answer is not None:
+            await self._publish_budget()
+            return self._run(_replay(seat.answer), successes, closes, log_prompt, cached=True)
+        if not seat.leads:
+            follow = self._follow(seat, request, await self._free_ride())
+            return self._run(follow, successes, [seat.leave, *closes], log_prompt, cached=True)
+        try:
+            chunks = await self._generate(request, await self._reserve(request))
+        except BaseException:
+            seat.leave()  # nobody may wait for a generation that never started
+            raise
 
         async def land(completion: Completion) -> None:
-            cache.land(key, replace(completion, cached=True))
+            await seat.land(replace(completion, cached=True))
 
-        return self._run(chunks, [land, *successes], [lambda: cache.land(key, None), *closes], log_prompt)
+        return self._run(chunks, [land, *successes], [seat.leave, *closes], log_prompt)
 
     def _run(
         self,
@@ -315,55 +314,48 @@ class GenerationService:
             return None
         return RequestTally(accounting.usage, caller.usage_name, runs)
 
-    def _reserve(self, request: GenerationRequest) -> Reservation | None:
+    async def _reserve(self, request: GenerationRequest) -> Reservation | None:
         """Hold the most this generation can use: its prompt and max_tokens (already capped)."""
         accounting, caller = self._policy.accounting, self._caller
         if accounting is None or caller is None:
             return None
-        return accounting.reserve(caller, len(request.prompt_ids) + request.params.max_tokens)
+        return await accounting.reserve(caller, len(request.prompt_ids) + request.params.max_tokens)
 
-    def _free_ride(self) -> Reservation | None:
+    async def _free_ride(self) -> Reservation | None:
         accounting, caller = self._policy.accounting, self._caller
-        return accounting.free_ride(caller) if accounting is not None and caller is not None else None
+        return await accounting.free_ride(caller) if accounting is not None and caller is not None else None
 
-    def _publish_budget(self) -> None:
+    async def _publish_budget(self) -> None:
         accounting, caller = self._policy.accounting, self._caller
         if accounting is not None and caller is not None:
-            accounting.publish_headers(caller)
+            await accounting.publish_headers(caller)
 
-    def _generate(self, request: GenerationRequest, reservation: Reservation | None) -> _ModelStream:
+    async def _generate(self, request: GenerationRequest, reservation: Reservation | None) -> _ModelStream:
         """Submit now, so that admission errors surface before any response starts. Once the
         engine has the request its prompt is charged, plus every token it produces; the rest
         of the reservation is returned when the stream closes, however it ends."""
         accounting = self._policy.accounting
-        settle: Callable[[int], None] | None = None
+        settle: Callable[[int], Awaitable[None]] | None = None
         if accounting is not None and reservation is not None:
             settle = functools.partial(accounting.settle, reservation)
         try:
             chunks = self._engine.submit(request)
         except BaseException:
             if settle is not None:
-                settle(0)
+                await settle(0)
             raise
         return _ModelStream(chunks, self._policy, len(request.prompt_ids), settle)
 
     async def _follow(
-        self,
-        cache: ResponseCache[Completion],
-        key: str,
-        flight: Flight[Completion],
-        request: GenerationRequest,
-        reservation: Reservation | None,
+        self, seat: Seat[Completion], request: GenerationRequest, reservation: Reservation | None
     ) -> Chunks:
-        """Wait for the identical request already running; if it does not land (its client left
-        or it failed), generate alone."""
-        completion = await flight.wait(self._policy.flight_patience_s)
-        if completion is None:
-            cache.abandon(key, flight)
+        """Wait for the identical request already running (here or on another replica); if it
+        does not land (its client left, it failed, or it took too long), generate alone."""
+        completion = await seat.wait(self._policy.flight_patience_s)
         if completion is not None:
             yield _final_chunk(completion)
             return
-        own = self._generate(request, reservation)
+        own = await self._generate(request, reservation)
         try:
             async for chunk in own:
                 yield chunk
@@ -380,7 +372,7 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
         chunks: Chunks,
         policy: GenerationPolicy,
         prompt_tokens: int,
-        settle: Callable[[int], None] | None = None,
+        settle: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._chunks = chunks
         self._used = prompt_tokens
@@ -419,13 +411,16 @@ class _ModelStream(AsyncIterator[GenerationChunk]):
         if self._closed:
             return
         self._closed = True
-        if self._settle is not None:
-            self._settle(self._used)
-        if self._redactor is not None:
-            self._pii.report_output(self._redactor)
-        close = getattr(self._chunks, "aclose", None)
-        if close is not None:
-            await close()
+        try:
+            if self._redactor is not None:
+                self._pii.report_output(self._redactor)
+            close = getattr(self._chunks, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            # Last: settling may wait on a shared store, and the engine's abort must not wait on it.
+            if self._settle is not None:
+                await self._settle(self._used)
 
 
 def _counter(tally: RequestTally, counts_prompt: bool) -> OnSuccess:

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.core.cache import ResponseCache
-from app.core.config import Settings
+from app.core.cache import Cache, ResponseCache
+from app.core.config import RateLimitSettings, Settings
 from app.core.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from app.core.metrics import LLMMetrics
-from app.core.rate_limit import RateLimiter
+from app.core.rate_limit import MemoryRateLimiter, RateLimiter
+from app.core.redis_cache import JsonCodec, RedisResponseCache
 from app.core.redis_idempotency import RedisIdempotencyStore, claim_ttl_s
+from app.core.redis_rate_limit import RedisRateLimiter
 from app.core.redis_state import RedisState
+from app.core.redis_token_budget import RedisTokenBudget
 from app.core.redis_usage import RedisUsageStore
-from app.core.token_budget import TokenBudget
+from app.core.token_budget import MemoryTokenBudget, TokenBudget
 from app.core.usage import MemoryUsageStore, UsageStore
 from app.services.generation import Completion
-from app.services.sessions import SessionStore
+from app.services.redis_sessions import RedisSessionStore
+from app.services.sessions import MemorySessionStore, SessionStore
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class SharedState:
     budget: TokenBudget | None
     """None: no token budget or quota is configured."""
     usage: UsageStore
-    cache: ResponseCache[Completion] | None
+    cache: Cache[Completion] | None
     """None: the response cache is off."""
     idempotency: IdempotencyStore | None
     """None: Idempotency-Key is not honoured."""
@@ -52,13 +56,29 @@ def build_state(settings: Settings, metrics: LLMMetrics) -> SharedState:
     rate_limit = settings.rate_limit
     return SharedState(
         redis=redis,
-        sessions=SessionStore(settings.chat_history),
-        limiter=RateLimiter(rate_limit) if rate_limit.enabled else None,
-        budget=TokenBudget.from_settings(rate_limit, settings.security.api_keys),
+        sessions=_sessions(settings, redis),
+        limiter=_limiter(rate_limit, redis),
+        budget=_budget(settings, redis),
         usage=RedisUsageStore(redis) if redis is not None else MemoryUsageStore(),
-        cache=ResponseCache(settings.cache.size, settings.cache.ttl_seconds) if settings.cache.enabled else None,
+        cache=_cache(settings, redis),
         idempotency=_idempotency(settings, redis),
     )
+
+
+def _sessions(settings: Settings, redis: RedisState | None) -> SessionStore:
+    # A turn waits for the session's running turn as a request waits in the engine's queue.
+    wait_s = settings.engine.queue_timeout_s
+    if redis is not None:
+        return RedisSessionStore(redis, settings.chat_history, wait_s=wait_s)
+    return MemorySessionStore(settings.chat_history, wait_s=wait_s)
+
+
+def _cache(settings: Settings, redis: RedisState | None) -> Cache[Completion] | None:
+    if not settings.cache.enabled:
+        return None
+    if redis is not None:
+        return RedisResponseCache(settings.cache, redis, JsonCodec(Completion))
+    return ResponseCache(settings.cache.size, settings.cache.ttl_seconds)
 
 
 def _idempotency(settings: Settings, redis: RedisState | None) -> IdempotencyStore | None:
@@ -67,3 +87,17 @@ def _idempotency(settings: Settings, redis: RedisState | None) -> IdempotencySto
     if redis is not None:
         return RedisIdempotencyStore(redis, settings.idempotency.ttl_seconds, claim_ttl_s(settings))
     return MemoryIdempotencyStore(settings.idempotency)
+
+
+def _limiter(rate_limit: RateLimitSettings, redis: RedisState | None) -> RateLimiter | None:
+    if not rate_limit.enabled:
+        return None
+    if redis is not None:
+        return RedisRateLimiter(rate_limit, redis)
+    return MemoryRateLimiter(rate_limit)
+
+
+def _budget(settings: Settings, redis: RedisState | None) -> TokenBudget | None:
+    if redis is not None:
+        return RedisTokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, redis)
+    return MemoryTokenBudget.from_settings(settings.rate_limit, settings.security.api_keys)

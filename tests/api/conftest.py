@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.api.guard import Gatekeeper
 from app.core.config import Settings, load_settings
-from app.core.rate_limit import RateLimiter
-from app.core.token_budget import TokenBudget
+from app.core.rate_limit import MemoryRateLimiter
+from app.core.token_budget import MemoryTokenBudget
 from app.core.usage import MemoryUsageStore
 from app.main import create_app
 from app.services.accounting import Accounting, UsageMeter
@@ -56,10 +56,10 @@ def running_app(
         policy: GenerationPolicy = app.state.policy
         assert policy.accounting is not None
         store = MemoryUsageStore(wall_clock=clock)
-        budget = TokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, clock, clock)
+        budget = MemoryTokenBudget.from_settings(settings.rate_limit, settings.security.api_keys, clock, clock)
         app.state.policy = replace(policy, accounting=Accounting(UsageMeter(store, policy.metrics), budget=budget))
         gatekeeper: Gatekeeper = app.state.gatekeeper
-        limiter = RateLimiter(settings.rate_limit, clock=clock) if settings.rate_limit.enabled else None
+        limiter = MemoryRateLimiter(settings.rate_limit, clock=clock) if settings.rate_limit.enabled else None
         app.state.gatekeeper = replace(gatekeeper, limiter=limiter, usage=store)
     with TestClient(app, raise_server_exceptions=False) as client:
         assert poll(lambda: client.get("/health").status_code == 200, timeout_s=10, interval_s=0.002), client.get(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,9 +13,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.core.errors import EngineOverloaded, GenerationTimeout
-from app.services.sessions import SessionStore
-from tests.api.conftest import fake_settings, running_app
-from tests.conftest import assert_error, iter_sse
+from tests.api.conftest import fake_settings, release, running_app
+from tests.conftest import assert_error, iter_sse, poll
 from tests.fakes import ScriptedEngine, decode_prompt
 
 
@@ -33,7 +34,8 @@ def history(api: TestClient, session_id: str) -> list[dict[str, str]]:
 
 @pytest.fixture
 def app_and_client(engine: ScriptedEngine) -> Any:
-    with running_app(engine, fake_settings(rate_limit={"enabled": False})) as pair:
+    # A session left held would make the next turn wait this long, then answer 409.
+    with running_app(engine, fake_settings(rate_limit={"enabled": False}, engine={"queue_timeout_s": 2})) as pair:
         yield pair
 
 
@@ -193,7 +195,7 @@ def test_failure_mid_stream_leaves_history_as_it_was(api: TestClient, engine: Sc
 
 
 def test_disconnect_mid_stream_keeps_history_and_aborts(app_and_client: Any, engine: ScriptedEngine) -> None:
-    app, api = app_and_client
+    _, api = app_and_client
     assert chat(api, "Hello", "left").status_code == 200
     before = history(api, "left")
     body = {"messages": [{"role": "user", "content": "Tell me a story."}], "session_id": "left", "stream": True}
@@ -204,9 +206,26 @@ def test_disconnect_mid_stream_keeps_history_and_aborts(app_and_client: Any, eng
     leaving = engine.submitted[-1].request_id
     assert engine.aborted == [leaving]
     assert history(api, "left") == before
-    sessions: SessionStore = app.state.sessions
-    assert not sessions.get("left", owner=None).lock.locked()
+    # Were the session still held, this turn would wait and end in 409 session_busy.
     assert chat(api, "Are you there?", "left").status_code == 200
+
+
+def test_a_turn_waits_for_the_running_one_then_is_busy(engine: ScriptedEngine) -> None:
+    settings = fake_settings(rate_limit={"enabled": False}, engine={"queue_timeout_s": 0.2})
+    with running_app(engine, settings) as (_, api), ThreadPoolExecutor(max_workers=1) as pool:
+        engine.gate = asyncio.Event()
+        first = pool.submit(chat, api, "Hello", "one-turn")
+        try:
+            assert poll(lambda: len(engine.submitted) == 1, timeout_s=10)
+            busy = chat(api, "Me too", "one-turn")
+            assert_error(busy, 409, code="session_busy", param="session_id")
+            assert busy.headers["retry-after"] == "1"
+            assert len(engine.submitted) == 1
+        finally:
+            release(api, engine.gate)
+        assert first.result(timeout=10).status_code == 200
+        assert chat(api, "Me too", "one-turn").status_code == 200
+        assert [m["content"] for m in history(api, "one-turn")][::2] == ["Hello", "Me too"]
 
 
 def test_session_ids_are_not_shared_between_apps(engine: ScriptedEngine) -> None:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.errors import EngineOverloaded, GenerationTimeout
-from app.engine.types import PrefixCacheStats
+from app.engine.types import EngineStats, PrefixCacheStats
 from tests.api.conftest import FakeClock, fake_settings, release, running_app
 from tests.conftest import iter_sse, metric_value, poll
 from tests.fakes import ScriptedEngine
@@ -107,6 +107,34 @@ def test_the_engines_prefix_cache_is_read_at_scrape_time(api: TestClient, engine
     assert metric_value(api, "llm_prefix_cache_hits_total") == 3
     assert metric_value(api, "llm_prefix_cache_hit_tokens_total") == 450
     assert metric_value(api, "llm_prefix_cache_bytes") == 4096
+
+
+AUTOSCALING_ALIASES = (
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+)
+
+
+def test_autoscalers_find_the_queue_under_vllms_names(engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What HPA/KEDA examples and the Gateway API Inference Extension scrape: gauges labelled
+    `model_name`, the same figures as llm_queue_size / llm_running_requests, and batch slots
+    in use (running / engine.max_batch_size) as the cache utilisation."""
+    with running_app(engine, fake_settings(engine={"max_batch_size": 4})) as (_, api):
+        found = families(api)
+        for name in AUTOSCALING_ALIASES:
+            assert found[name].type == "gauge", name
+            [sample] = found[name].samples
+            assert sample.labels == {"model_name": "scripted-model"} and sample.value == 0, sample
+        monkeypatch.setattr(engine, "stats", lambda: EngineStats(queued=3, running=2))
+        labels = {"model_name": "scripted-model"}
+        assert metric_value(api, "llm_queue_size") == metric_value(api, "vllm:num_requests_waiting", **labels) == 3
+        assert (
+            metric_value(api, "llm_running_requests") == metric_value(api, "vllm:num_requests_running", **labels) == 2
+        )
+        assert metric_value(api, "vllm:kv_cache_usage_perc", **labels) == 0.5
+        assert metric_value(api, "vllm:gpu_cache_usage_perc", **labels) == 0.5
 
 
 def test_each_rejection_is_counted_once_under_its_reason(engine: ScriptedEngine) -> None:

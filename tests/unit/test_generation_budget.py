@@ -12,7 +12,7 @@ from app.core.config import PII_ENTITIES, PIISettings
 from app.core.errors import GenerationFailed, TokenRateLimited
 from app.core.metrics import LLMMetrics
 from app.core.pii import PIIGuard
-from app.core.token_budget import KeyLimits, TokenBudget
+from app.core.token_budget import KeyLimits, MemoryTokenBudget, Reservation
 from app.core.usage import MemoryUsageStore
 from app.engine.types import SamplingParams
 from app.services.accounting import Accounting, Caller, UsageMeter
@@ -33,9 +33,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def service(engine: ScriptedEngine, per_minute: int) -> tuple[GenerationService, TokenBudget]:
+def service(engine: ScriptedEngine, per_minute: int) -> tuple[GenerationService, MemoryTokenBudget]:
     metrics = LLMMetrics("m", PII_ENTITIES)
-    budget = TokenBudget(per_minute, {"a": KeyLimits(per_minute, 0)}, clock=lambda: 0.0, wall_clock=lambda: 0.0)
+    budget = MemoryTokenBudget(per_minute, {"a": KeyLimits(per_minute, 0)}, clock=lambda: 0.0, wall_clock=lambda: 0.0)
     policy = GenerationPolicy(
         pii=PIIGuard(PIISettings()),
         metrics=metrics,
@@ -45,8 +45,8 @@ def service(engine: ScriptedEngine, per_minute: int) -> tuple[GenerationService,
     return GenerationService(engine, "m", 4096, policy, CALLER), budget
 
 
-def left(budget: TokenBudget) -> int:
-    return int(budget.headers(CALLER.identity, CALLER.key)["X-RateLimit-Remaining-Tokens"])
+async def left(budget: MemoryTokenBudget) -> int:
+    return int((await budget.headers(CALLER.identity, CALLER.key))["X-RateLimit-Remaining-Tokens"])
 
 
 async def test_a_shared_answer_costs_the_follower_nothing() -> None:
@@ -54,12 +54,12 @@ async def test_a_shared_answer_costs_the_follower_nothing() -> None:
     generation, budget = service(engine, 100)
     leader = await generation.start("leader", PROMPT, GREEDY)
     follower = await generation.start("follower", PROMPT, GREEDY)
-    assert left(budget) == 60  # the leader's reserve only
+    assert await left(budget) == 60  # the leader's reserve only
     runs = [asyncio.create_task(run.collect()) for run in (leader, follower)]
     await until(lambda: engine.running == 1)
     engine.gate.set()  # type: ignore[union-attr]
     await asyncio.gather(*runs)
-    assert left(budget) == 100 - 24
+    assert await left(budget) == 100 - 24
 
 
 async def test_a_follower_left_to_generate_alone_pays_what_it_used() -> None:
@@ -80,7 +80,7 @@ async def test_a_follower_left_to_generate_alone_pays_what_it_used() -> None:
     with pytest.raises(GenerationFailed):
         await leading
     await following
-    assert left(budget) == 100 - (16 + 2) - 24  # the failed leader's prompt and 2 tokens, the follower's own
+    assert await left(budget) == 100 - (16 + 2) - 24  # the failed leader's prompt and 2 tokens, the follower's own
 
 
 async def test_choices_are_reserved_all_or_none_and_a_refused_request_is_charged_nothing() -> None:
@@ -90,4 +90,35 @@ async def test_choices_are_reserved_all_or_none_and_a_refused_request_is_charged
     with pytest.raises(TokenRateLimited):
         await generation.start_choices("r", [Choice(PROMPT, sampled), Choice(PROMPT, sampled, counts_prompt=False)])
     assert engine.aborted == ["r"]  # the first choice was admitted, then withdrawn
-    assert left(budget) == 70
+    assert await left(budget) == 70
+
+
+class WatchedBudget(MemoryTokenBudget):
+    """Notes which generations the engine had aborted when each settle began."""
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        super().__init__(100, {}, clock=lambda: 0.0, wall_clock=lambda: 0.0)
+        self._engine = engine
+        self.aborted_at_settle: list[list[str]] = []
+
+    async def settle(self, reservation: Reservation, used: int) -> None:
+        self.aborted_at_settle.append(list(self._engine.aborted))
+        await super().settle(reservation, used)
+
+
+async def test_a_stream_closed_early_aborts_the_engine_before_settling() -> None:
+    """Settling may wait on a shared store; the engine's abort must not wait for it."""
+    engine = ScriptedEngine(reply=lambda prompt: REPLY, gate=asyncio.Event(), gate_after_tokens=1)
+    budget = WatchedBudget(engine)
+    metrics = LLMMetrics("m", PII_ENTITIES)
+    policy = GenerationPolicy(
+        pii=PIIGuard(PIISettings(redact_output=False)),  # each token passes at once, none held back
+        metrics=metrics,
+        accounting=Accounting(UsageMeter(MemoryUsageStore(lambda: 0.0), metrics), budget),
+    )
+    run = await GenerationService(engine, "m", 4096, policy, CALLER).start("early", PROMPT, GREEDY)
+    async for _ in run:
+        break  # the client left after the first token
+    await run.aclose()
+    assert budget.aborted_at_settle == [["early"]]
+    assert await left(budget) == 100 - (16 + 1)

@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from app.api.guard import presented_key
 from app.core.cache import ResponseCache
 from app.core.config import NamedKey, RateLimitSettings
-from app.core.rate_limit import RateLimiter, TokenBucket
+from app.core.rate_limit import MemoryRateLimiter, TokenBucket
 from app.core.security import ApiKeys
 from app.engine.types import SamplingParams
 from app.services.generation import cache_key
@@ -26,30 +26,32 @@ class FakeClock:
         return self.now
 
 
-def test_bucket_allows_a_burst_then_refills_at_the_sustained_rate() -> None:
+@pytest.mark.anyio
+async def test_bucket_allows_a_burst_then_refills_at_the_sustained_rate() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(RateLimitSettings(requests_per_minute=60, burst_size=3), clock=clock)
-    decisions = [limiter.hit("ip:1") for _ in range(4)]
+    limiter = MemoryRateLimiter(RateLimitSettings(requests_per_minute=60, burst_size=3), clock=clock)
+    decisions = [await limiter.hit("ip:1") for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert [d.remaining for d in decisions] == [2, 1, 0, 0]
     assert decisions[0].limit == 3
     assert decisions[3].retry_after_s == 1  # one token back after 1 s at 60/min
     assert decisions[3].reset_s == 3  # full again after 3 s
     clock.now += 0.5
-    assert not limiter.hit("ip:1").allowed
+    assert not (await limiter.hit("ip:1")).allowed
     clock.now += 0.5
-    assert limiter.hit("ip:1").allowed
-    assert not limiter.hit("ip:1").allowed
+    assert (await limiter.hit("ip:1")).allowed
+    assert not (await limiter.hit("ip:1")).allowed
 
 
-def test_buckets_are_per_identity_and_never_exceed_capacity() -> None:
+@pytest.mark.anyio
+async def test_buckets_are_per_identity_and_never_exceed_capacity() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(RateLimitSettings(requests_per_minute=6, burst_size=2), clock=clock)
-    assert limiter.hit("key:a").allowed and limiter.hit("key:a").allowed
-    assert not limiter.hit("key:a").allowed
-    assert limiter.hit("key:b").allowed
+    limiter = MemoryRateLimiter(RateLimitSettings(requests_per_minute=6, burst_size=2), clock=clock)
+    assert (await limiter.hit("key:a")).allowed and (await limiter.hit("key:a")).allowed
+    assert not (await limiter.hit("key:a")).allowed
+    assert (await limiter.hit("key:b")).allowed
     clock.now += 3600
-    decision = limiter.hit("key:a")
+    decision = await limiter.hit("key:a")
     assert decision.allowed and decision.remaining == 1  # capacity 2, not 2 + an hour of refill
 
 

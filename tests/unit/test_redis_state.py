@@ -9,14 +9,9 @@ import pytest
 from app.core.config import StateSettings
 from app.core.errors import StateUnavailable
 from app.core.metrics import LLMMetrics
-from app.core.redis_state import RedisState
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-
-def state_for(server: RedisServer, metrics: LLMMetrics | None = None, **overrides: object) -> RedisState:
-    return RedisState(StateSettings.model_validate(server.settings(**overrides)), metrics)
 
 
 def up(metrics: LLMMetrics) -> float | None:
@@ -28,7 +23,7 @@ def errors(metrics: LLMMetrics, operation: str) -> float | None:
 
 
 async def test_calls_run_under_the_key_prefix(redis_server: RedisServer) -> None:
-    state = state_for(redis_server)
+    state = redis_server.connect()
     key = state.key("probe", "1")
     assert key.startswith(state.settings.key_prefix) and key.endswith("probe:1")
     await state.run("test", lambda client: client.set(key, b"v"))
@@ -39,7 +34,7 @@ async def test_calls_run_under_the_key_prefix(redis_server: RedisServer) -> None
 
 async def test_an_outage_is_counted_once_per_call_and_recovered_from(own_redis: RedisServer) -> None:
     metrics = LLMMetrics("m")
-    state = state_for(own_redis, metrics)
+    state = own_redis.connect(metrics)
     assert await state.ping() and up(metrics) == 1
     own_redis.stop()
     with pytest.raises(StateUnavailable) as raised:
@@ -55,7 +50,7 @@ async def test_an_outage_is_counted_once_per_call_and_recovered_from(own_redis: 
 
 
 async def test_a_hung_redis_costs_at_most_the_timeout(own_redis: RedisServer) -> None:
-    state = state_for(own_redis, timeout_s=0.3)
+    state = own_redis.connect(timeout_s=0.3)
     assert await state.ping()
     own_redis.freeze()
     try:

@@ -26,7 +26,7 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         yield lambda clock: MemoryUsageStore(wall_clock=clock)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
-    state = RedisState(StateSettings.model_validate(server.settings()))
+    state = server.connect()
     yield lambda clock: RedisUsageStore(state, wall_clock=clock)
     await state.close()
 
@@ -69,7 +69,7 @@ async def test_usage_added_on_two_replicas_is_summed_on_either(redis_server: Red
 
 
 async def test_a_days_counts_expire_and_the_total_does_not(redis_server: RedisServer) -> None:
-    state = RedisState(StateSettings.model_validate(redis_server.settings()))
+    state = redis_server.connect()
     await RedisUsageStore(state, wall_clock=lambda: 20_000 * DAY_S).add("alice", UsageCounts(requests=1))
     client = redis_server.client()
     assert 0 < client.ttl(state.key("usage", "alice", "day", "20000")) <= DAY_KEPT_S

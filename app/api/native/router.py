@@ -115,17 +115,17 @@ async def chat(
     return await respond(run, build, request, body.stream, settings.engine.sse_ping_s)
 
 
-@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse, responses=error_responses(404, 422))
+@router.get("/v1/chat/sessions/{session_id}", response_model=SessionResponse, responses=error_responses(404, 422, 503))
 async def read_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> SessionResponse:
-    session = sessions.get(session_id, owner=caller)
+    session = await sessions.get(session_id, owner=caller)
     return SessionResponse(
         session_id=session.session_id,
         messages=[ChatMessageOut(role=m.role, content=m.content) for m in session.messages],
-        expires_at=sessions.expires_at(session),
+        expires_at=session.expires_at,
     )
 
 
-@router.delete("/v1/chat/sessions/{session_id}", status_code=204, responses=error_responses(404, 422))
+@router.delete("/v1/chat/sessions/{session_id}", status_code=204, responses=error_responses(404, 422, 503))
 async def delete_session(session_id: SessionIdPath, sessions: SessionsDep, caller: CallerNameDep) -> Response:
-    sessions.delete(session_id, owner=caller)
+    await sessions.delete(session_id, owner=caller)
     return Response(status_code=204)

@@ -11,7 +11,8 @@ from app.core.config import CacheSettings, ChatHistorySettings, PIISettings, Rat
 from app.engine.types import EngineStats
 from app.model.runtime import ModelInfo
 
-HealthStatus = Literal["healthy", "loading", "unhealthy"]
+HealthStatus = Literal["healthy", "loading", "unhealthy", "draining"]
+"""`draining`: told to stop (SIGTERM); running generations finish, new ones get 503 `shutting_down`."""
 
 
 class HealthResponse(BaseModel):

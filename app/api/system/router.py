@@ -48,6 +48,7 @@ HEALTH_STATUS: dict[ModelState, HealthStatus] = {
     ModelState.READY: "healthy",
     ModelState.LOADING: "loading",
     ModelState.FAILED: "unhealthy",
+    ModelState.DRAINING: "draining",
 }
 
 
@@ -55,17 +56,21 @@ HEALTH_STATUS: dict[ModelState, HealthStatus] = {
     "/health",
     response_model=HealthResponse,
     responses={
-        503: {"model": HealthResponse, "description": "Loading or unhealthy.", "headers": {"Retry-After": RETRY_AFTER}}
+        503: {
+            "model": HealthResponse,
+            "description": "Loading, unhealthy, or draining before shutdown.",
+            "headers": {"Retry-After": RETRY_AFTER},
+        }
     },
 )
 async def health(runtime: RuntimeDep, shared_state: SharedStateDep) -> JSONResponse:
     ready = runtime.state is ModelState.READY
     body = HealthResponse(
         status=HEALTH_STATUS[runtime.state],
-        model_loaded=ready,
+        model_loaded=runtime.info is not None,
         model_name=runtime.served_name,
         state="ok" if await shared_state.healthy() else "unavailable",
-        progress=None if ready else runtime.progress,
+        progress=None if runtime.info is not None else runtime.progress,
         reason=runtime.error,
     )
     headers = {} if ready else {"Retry-After": "5"}
