@@ -34,6 +34,7 @@ from app.core.logging import configure_logging
 from app.core.metrics import LiveValues, LLMMetrics
 from app.core.pii import PIIGuard
 from app.core.security import ApiKeys, key_names
+from app.engine.types import PrefixCacheStats
 from app.model.runtime import ModelRuntime, ServingModelFactory, load_serving_model
 from app.services.accounting import Accounting, UsageMeter
 from app.services.generation import GenerationPolicy
@@ -84,6 +85,7 @@ def create_app(
                 batch_slots=settings.engine.max_batch_size,
                 cache=lambda: policy.cache.stats() if policy.cache else None,
                 sessions=lambda: len(sessions),
+                prefix_cache=lambda: _prefix_cache(runtime),
             )
         )
         loading = asyncio.create_task(_load(runtime, llm_metrics, on_fatal), name="model-load")
@@ -217,6 +219,11 @@ def _idempotency(settings: Settings, state: SharedState) -> Idempotency | None:
 def _queue_counts(runtime: ModelRuntime) -> tuple[int, int]:
     stats = runtime.engine_stats()
     return (stats.queued, stats.running) if stats else (0, 0)
+
+
+def _prefix_cache(runtime: ModelRuntime) -> PrefixCacheStats | None:
+    stats = runtime.engine_stats()
+    return stats.prefix_cache if stats else None
 
 
 async def _load(runtime: ModelRuntime, llm_metrics: LLMMetrics, on_fatal: FatalHandler | None) -> None:

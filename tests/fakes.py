@@ -20,7 +20,7 @@ import jinja2
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
-from app.engine.types import BatchObserver, EngineStats, GenerationChunk, GenerationRequest
+from app.engine.types import BatchObserver, EngineStats, GenerationChunk, GenerationRequest, PrefixCacheStats
 from app.model.chat_format import PromptBuilder
 from app.model.runtime import ModelInfo, Progress, ReadyModel, ServingModelFactory
 
@@ -98,6 +98,8 @@ class ScriptedEngine:
     """Request ids whose stream was closed before it finished (even before its first token)."""
     running: int = 0
     shut_down: bool = False
+    prefix_cache: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+    """What `stats` reports of the engine's prefix cache."""
 
     def submit(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         if self.fail_on_submit is not None:
@@ -139,7 +141,7 @@ class ScriptedEngine:
                 self.aborted.append(request.request_id)
 
     def stats(self) -> EngineStats:
-        return EngineStats(queued=0, running=self.running, cancelled=len(self.aborted))
+        return EngineStats(queued=0, running=self.running, cancelled=len(self.aborted), prefix_cache=self.prefix_cache)
 
     async def shutdown(self, grace_s: float) -> None:
         self.shut_down = True

@@ -101,6 +101,9 @@ class EngineSettings(Section):
     """Keep-alive comment interval on SSE streams."""
     max_batch_size: int = Field(32, ge=1)
     """Requests decoded together in one forward pass; 1 turns batching off."""
+    prefix_cache_mb: int = Field(256, ge=0)
+    """KV of recently finished sequences kept (least recently used out), so that a prompt that
+    extends one (a chat's next turn) prefills only its new tokens; 0 turns it off."""
 
 
 class NamedKey(Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,6 +26,17 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REJECT_REASONS = ("auth", "rate_limit", "overloaded", "timeout", "validation", "pii", "cancelled")
 
 
+class PrefixCacheFigures(Protocol):
+    """What the engine tells of its prefix cache (the engine's `PrefixCacheStats`)."""
+
+    @property
+    def hits(self) -> int: ...
+    @property
+    def hit_tokens(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class LiveValues:
     """Where the scrape-time gauges come from; each returns None while there is nothing to show."""
@@ -35,6 +47,7 @@ class LiveValues:
     """Sequences the engine decodes together at most (`engine.max_batch_size`)."""
     cache: Callable[[], CacheStats | None]
     sessions: Callable[[], int]
+    prefix_cache: Callable[[], PrefixCacheFigures | None]
 
 
 class _LiveCollector(Collector):
@@ -56,6 +69,20 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("llm_cache_entries", "Responses in the cache.", value=cache.size if cache else 0)
         yield CounterMetricFamily(
             "llm_cache_evictions", "Responses evicted to make room.", value=cache.evictions if cache else 0
+        )
+        prefixes = self._live.prefix_cache()
+        yield CounterMetricFamily(
+            "llm_prefix_cache_hits",
+            "Prompts that reused the KV of an earlier sequence they begin with.",
+            value=prefixes.hits if prefixes else 0,
+        )
+        yield CounterMetricFamily(
+            "llm_prefix_cache_hit_tokens",
+            "Prompt tokens not prefilled again: their KV came from the prefix cache.",
+            value=prefixes.hit_tokens if prefixes else 0,
+        )
+        yield GaugeMetricFamily(
+            "llm_prefix_cache_bytes", "Bytes of KV held by the prefix cache.", value=prefixes.bytes if prefixes else 0
         )
 
     def _autoscaling_aliases(self, queued: int, running: int) -> Iterator[Metric]:

@@ -41,7 +41,11 @@ class BatchingEngine:
     ) -> None:
         self._settings = settings
         self._clock = clock
-        limits = SchedulerLimits(max_batch_size=settings.max_batch_size, request_timeout_s=settings.request_timeout_s)
+        limits = SchedulerLimits(
+            max_batch_size=settings.max_batch_size,
+            request_timeout_s=settings.request_timeout_s,
+            prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+        )
         self._scheduler = Scheduler(loaded, limits, clock, on_batch)
         self._lock = threading.Condition()
         # Guarded by _lock: the queue, the jobs and the figures the event loop reads.
@@ -73,7 +77,9 @@ class BatchingEngine:
 
     def stats(self) -> EngineStats:
         with self._lock:
-            return EngineStats(queued=len(self._queue), running=self._active, cancelled=self._cancelled)
+            queued, running, cancelled = len(self._queue), self._active, self._cancelled
+        # Integers the inference thread updates: read without its lock, as they are.
+        return EngineStats(queued, running, cancelled, prefix_cache=self._scheduler.prefix_stats())
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking requests, let running ones finish within `grace_s`, cut the rest."""

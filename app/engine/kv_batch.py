@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from app.engine.growing_cache import GrowingCache
+from app.engine.growing_cache import GrowingCache, GrowingLayer
+from app.engine.prefix_cache import LayerKV
 
 
 class KVBatch:
@@ -27,6 +28,19 @@ class KVBatch:
     @classmethod
     def empty(cls, rows: int, device: torch.device) -> KVBatch:
         return cls(GrowingCache(), torch.zeros((rows, 0), dtype=torch.long, device=device))
+
+    @classmethod
+    def of_prefix(cls, layers: LayerKV, device: torch.device) -> KVBatch:
+        """One row holding a cached prefix's KV. Its tensors are only read: the first forward
+        pass copies them into the layers' own buffers (see GrowingLayer) before appending."""
+        cache = GrowingCache()
+        for keys, values in layers:
+            layer = GrowingLayer()
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            cache.layers.append(layer)
+        length = int(layers[0][0].shape[-2])
+        return cls(cache, torch.ones((1, length), dtype=torch.long, device=device))
 
     @property
     def rows(self) -> int:
@@ -74,6 +88,33 @@ class KVBatch:
             layer.keys = torch.cat([_pad_left(layer.keys, mine), _pad_left(incoming.keys, theirs)])
             layer.values = torch.cat([_pad_left(layer.values, mine), _pad_left(incoming.values, theirs)])
         self.mask = torch.cat([_pad_left(self.mask, mine), _pad_left(other.mask, theirs)])
+
+    def row_tokens(self, row: int) -> int:
+        """Columns holding `row`'s tokens: the last ones, as rows are right-aligned."""
+        return int(self.mask[row].sum().item())
+
+    def row_bytes(self, row: int) -> int:
+        """Bytes that `row_snapshot(row)` would take."""
+        length = self.row_tokens(row)
+        return sum(
+            length * tensor.shape[1] * tensor.shape[-1] * tensor.element_size()
+            for layer in _layers(self.cache)
+            for tensor in (layer.keys, layer.values)
+        )
+
+    @property
+    def snapshots_rows(self) -> bool:
+        """Whether every layer holds tensors, so that a row's copy can rebuild a cache (not so
+        for a model whose layers share KV)."""
+        return bool(self.cache.layers) and len(_layers(self.cache)) == len(self.cache.layers)
+
+    def row_snapshot(self, row: int) -> LayerKV:
+        """A copy of `row`'s keys and values per layer, `[1, heads, tokens, dim]`."""
+        start = self.columns - self.row_tokens(row)
+        return [
+            (layer.keys[row : row + 1, :, start:, :].clone(), layer.values[row : row + 1, :, start:, :].clone())
+            for layer in _layers(self.cache)
+        ]
 
     def _crop(self, columns: int) -> None:
         """Undo a partial forward pass: layers it already extended go back to `columns`."""

@@ -1,4 +1,5 @@
-"""Prefill of newly admitted sequences: their prompts left-padded together, fed in chunks.
+"""Prefill of newly admitted sequences: their prompts left-padded together, fed in chunks;
+or one prompt alone after the cached KV of its beginning.
 
 A chunk is bounded in tokens (rows x columns), so a long prompt is spread over several
 scheduler iterations and the running batch decodes between its chunks instead of stalling.
@@ -26,6 +27,14 @@ class PrefillGroup:
         self._chunk = max(1, chunk_tokens // len(prompts))
         self._fed = 0
         self.kv = KVBatch.empty(len(prompts), device)
+
+    @classmethod
+    def continuing(cls, prefix: KVBatch, rest: list[int], chunk_tokens: int) -> PrefillGroup:
+        """One prompt whose first tokens' KV is `prefix` (reused from the prefix cache): only
+        `rest` is fed, at the positions after the prefix."""
+        group = cls([rest], chunk_tokens, prefix.mask.device)
+        group.kv = prefix
+        return group
 
     @property
     def rows(self) -> int:

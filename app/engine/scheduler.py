@@ -3,8 +3,11 @@
 Each `iterate()` drops the sequences whose client left or whose deadline passed, runs one
 decoding step for the whole running batch, then feeds one bounded prefill chunk of newly
 admitted sequences, which join the batch as soon as their prompt is in. A sequence that
-finishes leaves at once. On an out-of-memory error the batch is halved (the rest is
-preempted and prefilled again later from its tokens) or, alone, the one request fails.
+finishes leaves at once, its KV offered to the prefix cache; a prompt that begins like a
+cached sequence (a chat's next turn) is prefilled alone from where the cached KV ends. On
+an out-of-memory error the prefix cache is emptied first; if it held nothing, the batch is
+halved (the rest is preempted and prefilled again later from its tokens) or, alone, the
+one request fails.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -21,8 +25,9 @@ from app.core.errors import GenerationFailed, GenerationTimeout
 from app.engine.jobs import Job, MailItem
 from app.engine.kv_batch import KVBatch
 from app.engine.prefill import PrefillGroup, group_size
+from app.engine.prefix_cache import PrefixCache
 from app.engine.sequence import SequenceState
-from app.engine.types import BatchObserver, LoadedModel
+from app.engine.types import BatchObserver, LoadedModel, PrefixCacheStats
 
 logger = logging.getLogger("app.engine.scheduler")
 
@@ -38,6 +43,10 @@ class SchedulerLimits:
     """Tokens (rows x columns) per prefill forward pass: bounds how long decoding pauses for it."""
     regrow_after_steps: int = 64
     """Clean decoding steps after which a batch limit lowered by an out-of-memory error grows by one."""
+    prefix_cache_bytes: int = 0
+    """KV of finished sequences kept for prompts that extend them; 0 keeps none."""
+    prefix_min_tokens: int = 32
+    """Shorter common prefixes are prefilled again: reusing them would cost the prompt its place in a group."""
 
 
 @dataclass(eq=False)
@@ -74,6 +83,7 @@ class Scheduler:
         """Rows of the prefill group; None where the request left while its prompt was being fed."""
         self._running: list[Slot] = []
         self._kv = KVBatch.empty(0, loaded.device)
+        self._prefixes = PrefixCache(limits.prefix_cache_bytes, limits.prefix_min_tokens)
         self._limit = limits.max_batch_size
         self._group_rows = limits.max_batch_size
         self._clean_steps = 0
@@ -85,6 +95,9 @@ class Scheduler:
 
     def free_slots(self) -> int:
         return max(0, self._limit - self.active)
+
+    def prefix_stats(self) -> PrefixCacheStats:
+        return self._prefixes.stats()
 
     def admit(self, job: Job) -> None:
         state = SequenceState(self._loaded, job.request)
@@ -139,7 +152,9 @@ class Scheduler:
             return self._shrink_after_oom()
         self._observe(len(self._running))
         self._regrow()
-        keep, retired = _accept(list(enumerate(self._running)), logits)
+        rows = list(enumerate(self._running))
+        keep, retired = _accept(rows, logits)
+        self._remember_finished(self._kv, rows)
         self._set_running(keep)
         return retired
 
@@ -147,6 +162,17 @@ class Scheduler:
         room = min(self._limit - len(self._running), self._group_rows, len(self._pending))
         if room <= 0:
             return
+        cached = self._prefixes.claim(self._pending[0].state.tokens)
+        if cached is not None:
+            slot = self._pending.popleft()
+            self._prefilling = [slot]
+            prefix = KVBatch.of_prefix(cached.layers, self._loaded.device)
+            self._prefill = PrefillGroup.continuing(
+                prefix, slot.state.tokens[cached.length :], self._limits.prefill_tokens
+            )
+            return
+        # Prompts with a cached beginning go alone, after their cached KV: the group stops before one.
+        room = next((i for i in range(1, room) if self._prefixes.usable(self._pending[i].state.tokens)), room)
         lengths = [len(self._pending[i].state.tokens) for i in range(room)]
         rows = group_size(lengths, self._limits.prefill_tokens, room)
         slots = [self._pending.popleft() for _ in range(rows)]
@@ -165,18 +191,45 @@ class Scheduler:
             return []
         live = [(row, slot) for row, slot in enumerate(self._prefilling) if slot is not None]
         keep, retired = _accept(live, logits)
+        self._remember_finished(group.kv, live)
         group.kv.keep(keep)
         self._kv.extend(group.kv)
         self._running += [slot for row, slot in live if row in keep]
         self._prefill, self._prefilling = None, []
         return retired
 
+    def _remember_finished(self, kv: KVBatch, rows: list[tuple[int, Slot]]) -> None:
+        """Offer the KV of the sequences that just finished to the prefix cache: a next chat turn
+        starts with their prompt and answer. It holds every token but the last, never fed."""
+        if not self._prefixes.enabled or not kv.snapshots_rows:
+            return
+        for row, slot in rows:
+            state = slot.state
+            if state.finish_reason is None or kv.row_tokens(row) != len(state.tokens) - 1:
+                continue
+            try:
+                self._prefixes.store(state.tokens[:-1], kv.row_bytes(row), partial(kv.row_snapshot, row))
+            except torch.OutOfMemoryError:  # no room for the copy: the request is done all the same
+                self._empty_prefix_cache()
+                return
+
     def _set_running(self, keep: list[int]) -> None:
         self._kv.keep(keep)
         self._running = [self._running[row] for row in keep]
 
+    def _empty_prefix_cache(self) -> bool:
+        """Out of memory: the cached KV goes before any request does. False if there was none."""
+        if not self._prefixes.clear():
+            return False
+        _release_memory(self._loaded.device)
+        logger.warning("out of memory; the prefix cache was emptied")
+        return True
+
     def _shrink_after_oom(self) -> list[Retired]:
-        """Halve the batch: the newer half waits to be prefilled again; alone, the request fails."""
+        """Empty the prefix cache and step again; without one, halve the batch: the newer half
+        waits to be prefilled again; alone, the request fails."""
+        if self._empty_prefix_cache():
+            return []
         _release_memory(self._loaded.device)
         if len(self._running) == 1:
             failed = self._fail(self._running[0])
@@ -190,10 +243,14 @@ class Scheduler:
         return []
 
     def _split_after_oom(self) -> list[Retired]:
-        """Prefill fewer prompts at a time from now on; a prompt that fails alone fails its request."""
-        _release_memory(self._loaded.device)
+        """Empty the prefix cache and prefill the group again; without one, prefill fewer prompts
+        at a time from now on; a prompt that fails alone fails its request."""
         live = [slot for slot in self._prefilling if slot is not None]
         self._prefill, self._prefilling = None, []
+        if self._empty_prefix_cache():
+            self._pending.extendleft(reversed(live))
+            return []
+        _release_memory(self._loaded.device)
         if len(live) == 1:
             return [self._fail(live[0])]
         self._group_rows, self._clean_steps = max(1, len(live) // 2), 0

@@ -54,11 +54,25 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True)
+class PrefixCacheStats:
+    """The engine's cache of finished sequences' KV (`engine.prefix_cache_mb`)."""
+
+    entries: int = 0
+    bytes: int = 0
+    """Bytes of KV tensors held."""
+    hits: int = 0
+    """Prompts that reused cached KV, since start."""
+    hit_tokens: int = 0
+    """Prompt tokens those hits did not prefill again, since start."""
+
+
+@dataclass(frozen=True)
 class EngineStats:
     queued: int
     running: int
     cancelled: int = 0
     """Requests stopped because their client went away, since start."""
+    prefix_cache: PrefixCacheStats = PrefixCacheStats()
 
 
 BatchObserver = Callable[[int], None]

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.errors import EngineOverloaded, GenerationTimeout
-from app.engine.types import EngineStats
+from app.engine.types import EngineStats, PrefixCacheStats
 from tests.api.conftest import FakeClock, fake_settings, release, running_app
 from tests.conftest import iter_sse, metric_value, poll
 from tests.fakes import ScriptedEngine
@@ -95,6 +95,18 @@ def test_live_gauges_show_running_requests_and_sessions(api: TestClient, engine:
             release(api, engine.gate)
         assert [event for event, _ in iter_sse(response) if event != "comment"][-1] == "done"
     assert metric_value(api, "llm_running_requests") == 0
+
+
+def test_the_engines_prefix_cache_is_read_at_scrape_time(api: TestClient, engine: ScriptedEngine) -> None:
+    found = families(api)
+    assert found["llm_prefix_cache_hits"].type == "counter"
+    assert found["llm_prefix_cache_hit_tokens"].type == "counter"
+    assert found["llm_prefix_cache_bytes"].type == "gauge"
+    assert metric_value(api, "llm_prefix_cache_hit_tokens_total") == 0
+    engine.prefix_cache = PrefixCacheStats(entries=2, bytes=4096, hits=3, hit_tokens=450)
+    assert metric_value(api, "llm_prefix_cache_hits_total") == 3
+    assert metric_value(api, "llm_prefix_cache_hit_tokens_total") == 450
+    assert metric_value(api, "llm_prefix_cache_bytes") == 4096
 
 
 AUTOSCALING_ALIASES = (

@@ -89,3 +89,35 @@ def test_sliding_window_model_matches_generate_alone_and_in_a_batch(sliding: Loa
     assert alone == [reference(sliding, prompt) for prompt in PROMPTS]
     assert together == alone
     assert all(len(sliding.tokenizer(text)["input_ids"]) > 8 for text in alone)  # each outran the window
+
+
+def test_a_prompt_extending_a_finished_sequence_reuses_its_kv_and_matches_generate(sliding: LoadedModel) -> None:
+    """The prefix cache with sliding windows: the follow-up prefills only its new tokens, past
+    the window, after the cached KV of the first request's prompt and answer."""
+    first = tuple(sliding.tokenizer(PROMPTS[3])["input_ids"])
+    with torch.inference_mode():
+        output = sliding.model.generate(
+            torch.tensor([first]), max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False
+        )
+    follow_up = (*output[0].tolist(), *sliding.tokenizer(" And then?", add_special_tokens=False)["input_ids"])
+    params = SamplingParams(max_tokens=TOKENS, temperature=0.0, ignore_eos=True)
+
+    async def scenario() -> tuple[str, int, int]:
+        engine = BatchingEngine(sliding, EngineSettings(prefix_cache_mb=16))
+        engine.start()
+        try:
+            async for _ in engine.submit(GenerationRequest("first", first, params)):
+                pass
+            text = "".join([chunk.text async for chunk in engine.submit(GenerationRequest("next", follow_up, params))])
+            stats = engine.stats().prefix_cache
+            return text, stats.hits, stats.hit_tokens
+        finally:
+            await engine.shutdown(0)
+
+    text, hits, hit_tokens = asyncio.run(scenario())
+    assert (hits, hit_tokens) == (1, len(first) + TOKENS - 1)  # all but the answer's last token, never fed
+    with torch.inference_mode():
+        expected = sliding.model.generate(
+            torch.tensor([follow_up]), max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False
+        )
+    assert text == sliding.tokenizer.decode(expected[0, len(follow_up) :], skip_special_tokens=True)
