@@ -231,7 +231,9 @@ async def _load(runtime: ModelRuntime, llm_metrics: LLMMetrics, on_fatal: FatalH
         await runtime.load()
         if runtime.info is not None:
             info = runtime.info
-            llm_metrics.model_info.info({"model": info.served_name, "device": info.device, "dtype": info.dtype})
+            llm_metrics.model_info.info(
+                {"model": info.served_name, "device": info.device, "dtype": info.dtype, "quantization": info.quantization}
+            )
     except Exception as exc:  # any failure is reported once, as one line, and ends the process
         message = str(exc) or type(exc).__name__
         logger.error(message)

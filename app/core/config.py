@@ -46,6 +46,10 @@ class AppSettings(Section):
     """ASGI root_path when served behind a proxy under a prefix."""
 
 
+_QUANTIZATION_DTYPES = {"bf16": "bfloat16", "fp16": "float32", "int8": "float32"}
+"""The activations' dtype each quantization runs with; `model.dtype` may only agree."""
+
+
 class ModelSettings(Section):
     name: str = "models/smollm2-135m-instruct"
     """Hub id (e.g. google/gemma-3-270m-it), local folder, or folder holding `gguf_file`."""
@@ -80,6 +84,24 @@ class ModelSettings(Section):
     """Run a short generation before reporting healthy."""
     cpu_onednn_linear: bool = True
     """On CPU, pack float32 Linear weights for oneDNN at load: 2-3x faster than torch's default MKL path."""
+    quantization: Literal["none", "bf16", "fp16", "int8"] = "none"
+    """Cheaper weights, at a small cost in fidelity (figures in bench/README.md). none: the
+    weights as `dtype` says (float32 on CPU). bf16: the whole model in bfloat16 (the same as
+    `dtype: bfloat16`). fp16 and int8, CPU only: the Linear layers' weights in float16, or
+    in int8 with a scale per output channel, with float32 activations; int8 also quantises
+    each layer's input to 8 bits. Greedy output is the same alone as in any batch only with none."""
+
+    @model_validator(mode="after")
+    def _quantization_fits_dtype(self) -> ModelSettings:
+        wanted = _QUANTIZATION_DTYPES.get(self.quantization)
+        if wanted is not None and self.dtype not in ("auto", wanted):
+            raise ValueError(
+                f"model.quantization {self.quantization} runs the model in {wanted}; "
+                f"model.dtype {self.dtype} contradicts it (leave dtype auto)"
+            )
+        if self.quantization in ("fp16", "int8") and (self.device not in ("auto", "cpu") or self.device_map):
+            raise ValueError(f"model.quantization {self.quantization} has CPU kernels only: use model.device cpu")
+        return self
 
     def resolved_served_name(self) -> str:
         if self.served_name:

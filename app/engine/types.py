@@ -113,3 +113,5 @@ class LoadedModel:
     context_length: int
     eos_token_ids: frozenset[int]
     served_name: str
+    quantization: str = "none"
+    """`model.quantization` as loaded: how the weights are stored (`dtype` is the activations')."""

@@ -13,6 +13,7 @@ from transformers.utils import logging as transformers_logging
 from app.core.config import ModelSettings
 from app.engine.types import LoadedModel
 from app.model.onednn_linear import pack_linear_layers
+from app.model.quantization import LINEAR_KINDS, quantize_linear_layers
 
 logger = logging.getLogger("app.model.loader")
 
@@ -36,9 +37,11 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(requested: str, device: torch.device, quantization: str = "none") -> torch.dtype:
     if requested != "auto":
         return _DTYPES[requested]
+    if quantization == "bf16":
+        return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -66,7 +69,9 @@ def _load(settings: ModelSettings, token: str | None, progress: Callable[[str], 
     device = resolve_device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"model.device is {settings.device!r} but CUDA is not available")
-    dtype = resolve_dtype(settings.dtype, device)
+    if settings.quantization in LINEAR_KINDS and device.type != "cpu":
+        raise ModelLoadError(f"model.quantization {settings.quantization} has CPU kernels only; the device is {device}")
+    dtype = resolve_dtype(settings.dtype, device, settings.quantization)
     common: dict[str, Any] = {
         "revision": settings.revision,
         "token": token,
@@ -86,6 +91,10 @@ def _load(settings: ModelSettings, token: str | None, progress: Callable[[str], 
     else:
         device = next(model.parameters()).device
     model.eval()
+    if settings.quantization in LINEAR_KINDS:
+        progress(f"quantizing weights ({settings.quantization})")
+        swapped = quantize_linear_layers(model, settings.quantization)
+        logger.info("linear layers quantized", extra={"layers": swapped, "quantization": settings.quantization})
     if device.type == "cpu" and settings.device_map is None and settings.cpu_onednn_linear:
         progress("packing weights for oneDNN")
         packed = pack_linear_layers(model, batch_hint=_ONEDNN_BATCH_HINT)
@@ -95,13 +104,19 @@ def _load(settings: ModelSettings, token: str | None, progress: Callable[[str], 
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
+        quantization=settings.quantization,
         context_length=settings.context_length or _context_length(model, tokenizer),
         eos_token_ids=_eos_ids(model, tokenizer),
         served_name=settings.resolved_served_name(),
     )
     logger.info(
         "model loaded",
-        extra={"model": loaded.served_name, "device": str(device), "dtype": str(dtype).removeprefix("torch.")},
+        extra={
+            "model": loaded.served_name,
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "quantization": settings.quantization,
+        },
     )
     return loaded
 

@@ -40,6 +40,8 @@ class ModelInfo:
     dtype: str
     context_length: int
     system_prompt_supported: bool
+    quantization: str = "none"
+    """`model.quantization` in force: how the weights are stored (`dtype` is the activations')."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def load_serving_model(settings: Settings, on_progress: Progress, on_batch: Batc
             dtype=str(loaded.dtype).removeprefix("torch."),
             context_length=loaded.context_length,
             system_prompt_supported=prompts.supports_system,
+            quantization=loaded.quantization,
         ),
     )
 

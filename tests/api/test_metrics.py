@@ -57,7 +57,7 @@ def test_exposition_parses_and_has_every_spec_metric(api: TestClient) -> None:
         "email", "phone", "credit_card", "us_ssn", "ip_address",
     }  # fmt: skip
     [info] = found["llm_model_info"].samples
-    assert info.labels == {"model": "scripted-model", "device": "cpu", "dtype": "float32"}
+    assert info.labels == {"model": "scripted-model", "device": "cpu", "dtype": "float32", "quantization": "none"}
     assert metric_value(api, "tokens_generated_total", model="scripted-model") == 3
     assert metric_value(api, "llm_prompt_tokens_total", model="scripted-model") == len("Hello there")
     assert metric_value(api, "llm_time_to_first_token_seconds_count", model="scripted-model") == 1

@@ -77,6 +77,36 @@ def test_invalid_value_names_the_key(tmp_path: Path, yaml_text: str, key: str) -
     assert message.startswith("invalid configuration: " + key)
 
 
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        "model:\n  quantization: bf16\n  dtype: float32\n",
+        "model:\n  quantization: int8\n  dtype: bfloat16\n",
+        "model:\n  quantization: fp16\n  dtype: float16\n",
+        "model:\n  quantization: int8\n  device: cuda\n",
+        "model:\n  quantization: fp16\n  device_map: auto\n",
+        "model:\n  quantization: int4\n",
+    ],
+)
+def test_contradictory_quantization_is_refused(tmp_path: Path, yaml_text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid configuration: model"):
+        load_settings(config_file=write(tmp_path / "c.yml", yaml_text), env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("quantization", "dtype", "device"),
+    [("none", "float16", "cuda"), ("bf16", "bfloat16", "auto"), ("bf16", "auto", "cuda"), ("int8", "float32", "cpu")],
+)
+def test_quantization_that_fits_dtype_and_device_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantization: str, dtype: str, device: str
+) -> None:
+    monkeypatch.setenv("MODEL__QUANTIZATION", quantization)
+    yaml_text = f"model:\n  dtype: {dtype}\n  device: {device}\n"
+    settings = load_settings(config_file=write(tmp_path / "c.yml", yaml_text), env_file=None)
+    assert (settings.model.quantization, settings.model.dtype) == (quantization, dtype)
+    assert load_settings(config_file=write(tmp_path / "d.yml", "{}\n"), env_file=None).model.quantization == quantization
+
+
 def test_nested_json_values_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL__DEVICE_MAP", '{"": "cpu"}')
     settings = load_settings(config_file=write(tmp_path / "c.yml", "{}\n"), env_file=None)

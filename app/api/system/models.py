@@ -35,6 +35,8 @@ class ModelStatus(BaseModel):
     dtype: str | None
     context_length: int | None
     system_prompt_supported: bool | None
+    quantization: str | None
+    """`model.quantization`: none, bf16, fp16 or int8 (how the weights are stored)."""
 
     @classmethod
     def of(cls, name: str, served_name: str, info: ModelInfo | None) -> ModelStatus:
@@ -45,6 +47,7 @@ class ModelStatus(BaseModel):
             dtype=info.dtype if info else None,
             context_length=info.context_length if info else None,
             system_prompt_supported=info.system_prompt_supported if info else None,
+            quantization=info.quantization if info else None,
         )
 
 
