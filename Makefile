@@ -8,7 +8,7 @@ MODELS_DIR := models
 IMAGE  ?= llm-fastapi-service
 TORCH_VERSION := 2.13.0
 
-.PHONY: install lock model run test test-fast lint format type-check bench build-docker run-docker clean
+.PHONY: install lock model run test test-fast lint format type-check bench bench-quality build-docker run-docker clean
 
 install: $(STAMP)
 
@@ -75,6 +75,13 @@ unexport STATE
 bench: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m bench.run --state $(STATE) $(BENCH_ARGS)
+
+# Greedy-token agreement with float32, perplexity and rough decoding speed of each model.quantization.
+# QUALITY_ARGS: options of bench/quality.py, e.g. QUALITY_ARGS="--settings int8 --prompts 4".
+QUALITY_ARGS ?=
+bench-quality: $(STAMP)
+	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
+	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
 
 build-docker:
 	docker build -t $(IMAGE) .

@@ -232,7 +232,12 @@ async def _load(runtime: ModelRuntime, llm_metrics: LLMMetrics, on_fatal: FatalH
         if runtime.info is not None:
             info = runtime.info
             llm_metrics.model_info.info(
-                {"model": info.served_name, "device": info.device, "dtype": info.dtype, "quantization": info.quantization}
+                {
+                    "model": info.served_name,
+                    "device": info.device,
+                    "dtype": info.dtype,
+                    "quantization": info.quantization,
+                }
             )
     except Exception as exc:  # any failure is reported once, as one line, and ends the process
         message = str(exc) or type(exc).__name__

@@ -134,7 +134,9 @@ def common_prefix(left: list[int], right: list[int]) -> int:
     return len(left)
 
 
-def measure(setting: str, reference: list[Continuation], prompts: list[tuple[int, ...]], args: argparse.Namespace) -> Quality:
+def measure(
+    setting: str, reference: list[Continuation], prompts: list[tuple[int, ...]], args: argparse.Namespace
+) -> Quality:
     loaded = load(setting)
     greedy(loaded, prompts[0], 4)  # warm-up: first calls allocate and pick kernels
     agreeing = prefix = exact = 0

@@ -85,11 +85,11 @@ class ModelSettings(Section):
     cpu_onednn_linear: bool = True
     """On CPU, pack float32 Linear weights for oneDNN at load: 2-3x faster than torch's default MKL path."""
     quantization: Literal["none", "bf16", "fp16", "int8"] = "none"
-    """Cheaper weights, at a small cost in fidelity (figures in bench/README.md). none: the
-    weights as `dtype` says (float32 on CPU). bf16: the whole model in bfloat16 (the same as
-    `dtype: bfloat16`). fp16 and int8, CPU only: the Linear layers' weights in float16, or
-    in int8 with a scale per output channel, with float32 activations; int8 also quantises
-    each layer's input to 8 bits. Greedy output is the same alone as in any batch only with none."""
+    """Cheaper weights, for slightly different answers (figures in bench/README.md). none: as
+    `dtype` says (float32 on CPU). bf16: the whole model in bfloat16, the same as `dtype:
+    bfloat16`. fp16, int8 (CPU only): the Linear layers' weights in float16, or in int8 with a
+    scale per output channel, activations in float32. Greedy output is promised to be the same
+    alone as in any batch only with none."""
 
     @model_validator(mode="after")
     def _quantization_fits_dtype(self) -> ModelSettings:

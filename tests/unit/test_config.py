@@ -104,7 +104,9 @@ def test_quantization_that_fits_dtype_and_device_is_taken(
     yaml_text = f"model:\n  dtype: {dtype}\n  device: {device}\n"
     settings = load_settings(config_file=write(tmp_path / "c.yml", yaml_text), env_file=None)
     assert (settings.model.quantization, settings.model.dtype) == (quantization, dtype)
-    assert load_settings(config_file=write(tmp_path / "d.yml", "{}\n"), env_file=None).model.quantization == quantization
+    assert (
+        load_settings(config_file=write(tmp_path / "d.yml", "{}\n"), env_file=None).model.quantization == quantization
+    )
 
 
 def test_nested_json_values_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.core.config import ModelSettings
 from app.model.quantization import Fp16Linear, Int8Linear, channel_scales, quantize_linear_layers
 
 INPUT_SHAPES = [(1, 96), (5, 7, 96), (2, 3, 96)]
@@ -41,16 +42,27 @@ def test_quantized_layer_stays_close_to_float(layer: type[nn.Module], tolerance:
     assert relative_error(actual[..., small], expected[..., small]) < tolerance
 
 
-def test_int8_layer_keeps_the_bias_and_works_on_bfloat16_inputs() -> None:
+def test_int8_layer_keeps_the_bias_and_the_input_dtype() -> None:
     torch.manual_seed(0)
     dense = nn.Linear(64, 32)
     with torch.no_grad():
         dense.bias.fill_(3.0)
     swapped = Int8Linear(dense)
+    assert swapped.weight_int8.dtype == torch.int8 and swapped.weight_int8.shape == (32, 64)
     inputs = torch.randn(4, 64)
     with torch.inference_mode():
         assert relative_error(swapped(inputs), dense(inputs)) < 0.05
         assert swapped(inputs.bfloat16()).dtype == torch.bfloat16
+
+
+def test_int8_rows_do_not_depend_on_their_batch_mates() -> None:
+    torch.manual_seed(0)
+    swapped = Int8Linear(nn.Linear(96, 200))
+    rows = torch.randn(16, 96)
+    with torch.inference_mode():
+        together = swapped(rows)
+        alone = torch.cat([swapped(rows[index : index + 1]) for index in range(len(rows))])
+    assert torch.equal(together, alone)
 
 
 @pytest.mark.parametrize(("kind", "layer"), [("int8", Int8Linear), ("fp16", Fp16Linear)])
@@ -62,3 +74,11 @@ def test_only_float32_cpu_linear_layers_are_swapped(kind: str, layer: type[nn.Mo
     assert [type(module) for module in model] == [layer, nn.ReLU, nn.Sequential, nn.Linear, nn.LayerNorm]
     assert type(model[2][0]) is layer
     assert f"weights={layer.kind}" in repr(model[0])  # type: ignore[attr-defined]
+
+
+def test_loader_refuses_cpu_quantization_on_another_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.model import loader
+
+    monkeypatch.setattr(loader, "resolve_device", lambda requested: torch.device("mps"))
+    with pytest.raises(loader.ModelLoadError, match="int8 has CPU kernels only; the device is mps"):
+        loader.load_model(ModelSettings(name="no/such-model", quantization="int8"), None)
