@@ -13,11 +13,13 @@ so every prompt gives the same number of positions. Per setting it prints:
            equals the reference's up to the first difference
   exact    prompts whose whole continuation equals the reference's
   ppl      perplexity on bench/quality_text.txt (windows of `--window` tokens)
-  ms/tok   one decoding step at batch 1, mean over the prompts' greedy loops
-  ms@16    one decoding step of 16 rows (the batching engine's case), median of `--steps`
+  ms/tok   one decoding step at batch 1 (the first prompt, `--steps` steps)
+  ms@16    one decoding step of 16 rows (the batching engine's case, `--steps` steps)
 
-Speeds are rough indications from an eager forward pass on a shared machine; `make bench`
-measures the server.
+Speeds are measured after the quality, with every setting's model loaded, in `--rounds`
+rounds that alternate the settings; each figure is the median step of its median round, so
+that a burst of other work on the machine hits every setting alike. They are rough
+indications from an eager forward pass on a shared machine; `make bench` measures the server.
 """
 
 from __future__ import annotations
@@ -47,12 +49,6 @@ BATCH_ROWS = 16
 
 
 @dataclass(frozen=True)
-class Continuation:
-    tokens: list[int]
-    step_seconds: list[float]
-
-
-@dataclass(frozen=True)
 class Quality:
     setting: str
     agree: float
@@ -60,12 +56,16 @@ class Quality:
     exact: int
     prompts: int
     perplexity: float
+
+
+@dataclass(frozen=True)
+class Speed:
     ms_per_token: float
     ms_per_step_16: float
 
 
 def load(setting: str) -> LoadedModel:
-    return load_model(ModelSettings(name=str(MODEL_DIR), device="cpu", quantization=setting), None)  # type: ignore[arg-type]
+    return load_model(ModelSettings(name=str(MODEL_DIR), device="cpu", quantization=setting), None)
 
 
 def chat_prompts(loaded: LoadedModel, limit: int | None) -> list[tuple[int, ...]]:
@@ -75,20 +75,17 @@ def chat_prompts(loaded: LoadedModel, limit: int | None) -> list[tuple[int, ...]
 
 
 @torch.inference_mode()
-def greedy(loaded: LoadedModel, prompt: tuple[int, ...], tokens: int) -> Continuation:
-    """`tokens` argmax tokens after `prompt`, and how long each decoding step took."""
+def greedy(loaded: LoadedModel, prompt: tuple[int, ...], tokens: int) -> list[int]:
+    """`tokens` argmax tokens after `prompt`; an end-of-turn token does not stop it."""
     cache = DynamicCache()
     logits = loaded.model(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True).logits
     produced: list[int] = []
-    seconds: list[float] = []
     while True:
         produced.append(int(logits[0, -1].argmax()))
         if len(produced) == tokens:
-            return Continuation(produced, seconds)
-        started = time.perf_counter()
+            return produced
         step = torch.tensor([[produced[-1]]])
         logits = loaded.model(input_ids=step, past_key_values=cache, use_cache=True).logits
-        seconds.append(time.perf_counter() - started)
 
 
 @torch.inference_mode()
@@ -114,10 +111,10 @@ def perplexity(loaded: LoadedModel, window: int) -> float:
 
 
 @torch.inference_mode()
-def batch_step_ms(loaded: LoadedModel, prompt: tuple[int, ...], steps: int) -> float:
-    """Median time of one decoding step of BATCH_ROWS rows (the same prompt in each)."""
+def step_ms(loaded: LoadedModel, prompt: tuple[int, ...], rows: int, steps: int) -> float:
+    """Median time of one decoding step of `rows` rows (the same prompt in each)."""
     cache = DynamicCache()
-    ids = torch.tensor([prompt] * BATCH_ROWS)
+    ids = torch.tensor([prompt] * rows)
     logits = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
     times = []
     for _ in range(steps):
@@ -135,18 +132,18 @@ def common_prefix(left: list[int], right: list[int]) -> int:
 
 
 def measure(
-    setting: str, reference: list[Continuation], prompts: list[tuple[int, ...]], args: argparse.Namespace
+    setting: str,
+    loaded: LoadedModel,
+    reference: list[list[int]],
+    prompts: list[tuple[int, ...]],
+    args: argparse.Namespace,
 ) -> Quality:
-    loaded = load(setting)
-    greedy(loaded, prompts[0], 4)  # warm-up: first calls allocate and pick kernels
     agreeing = prefix = exact = 0
-    step_seconds: list[float] = []
     for prompt, expected in zip(prompts, reference, strict=True):
-        forced = forced_argmax(loaded, prompt, expected.tokens)
-        agreeing += sum(a == b for a, b in zip(forced, expected.tokens, strict=True))
+        forced = forced_argmax(loaded, prompt, expected)
+        agreeing += sum(a == b for a, b in zip(forced, expected, strict=True))
         own = greedy(loaded, prompt, args.tokens)
-        step_seconds += own.step_seconds
-        shared = common_prefix(own.tokens, expected.tokens)
+        shared = common_prefix(own, expected)
         prefix += shared
         exact += shared == args.tokens
     positions = len(prompts) * args.tokens
@@ -157,21 +154,35 @@ def measure(
         exact=exact,
         prompts=len(prompts),
         perplexity=perplexity(loaded, args.window),
-        ms_per_token=1000 * sum(step_seconds) / len(step_seconds),
-        ms_per_step_16=batch_step_ms(loaded, prompts[0], args.steps),
     )
 
 
-def table(rows: list[Quality]) -> str:
+def speeds(models: dict[str, LoadedModel], prompt: tuple[int, ...], args: argparse.Namespace) -> dict[str, Speed]:
+    rounds: dict[str, list[tuple[float, float]]] = {setting: [] for setting in models}
+    for _ in range(args.rounds):
+        for setting, loaded in models.items():
+            rounds[setting].append(
+                (step_ms(loaded, prompt, 1, args.steps), step_ms(loaded, prompt, BATCH_ROWS, args.steps))
+            )
+    return {
+        setting: Speed(statistics.median(one for one, _ in times), statistics.median(many for _, many in times))
+        for setting, times in rounds.items()
+    }
+
+
+def table(rows: dict[str, Quality | None], speed: dict[str, Speed]) -> str:
     lines = [
         "| quantization | agree | prefix | exact | ppl | ms/tok | ms@16 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.setting} | {row.agree:.1%} | {row.prefix:.1%} | {row.exact}/{row.prompts} "
-            f"| {row.perplexity:.3f} | {row.ms_per_token:.1f} | {row.ms_per_step_16:.1f} |"
+    for setting, row in rows.items():
+        quality = (
+            "| - | - | - | -"
+            if row is None
+            else (f"| {row.agree:.1%} | {row.prefix:.1%} | {row.exact}/{row.prompts} | {row.perplexity:.3f}")
         )
+        timing = speed[setting]
+        lines.append(f"| {setting} {quality} | {timing.ms_per_token:.1f} | {timing.ms_per_step_16:.1f} |")
     return "\n".join(lines)
 
 
@@ -181,15 +192,19 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per prompt")
     parser.add_argument("--prompts", type=int, default=None, help="use only the first N prompts")
     parser.add_argument("--window", type=int, default=512, help="perplexity window in tokens")
-    parser.add_argument("--steps", type=int, default=16, help="decoding steps timed at 16 rows")
+    parser.add_argument("--steps", type=int, default=32, help="decoding steps timed per round and batch size")
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds, alternating the settings")
+    parser.add_argument("--speed-only", action="store_true", help="skip the quality columns")
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{value:.2f}' for value in os.getloadavg())}", flush=True)
-    reference_model = load("none")
-    prompts = chat_prompts(reference_model, args.prompts)
-    reference = [greedy(reference_model, prompt, args.tokens) for prompt in prompts]
-    del reference_model
-    rows = [measure(setting, reference, prompts, args) for setting in ["none", *args.settings.split(",")]]
-    print(table(rows))
+    settings = ["none", *args.settings.split(",")]
+    models = {setting: load(setting) for setting in settings}
+    prompts = chat_prompts(models["none"], args.prompts)
+    rows: dict[str, Quality | None] = dict.fromkeys(settings)
+    if not args.speed_only:
+        reference = [greedy(models["none"], prompt, args.tokens) for prompt in prompts]
+        rows = {setting: measure(setting, models[setting], reference, prompts, args) for setting in settings}
+    print(table(rows, speeds(models, prompts[0], args)))
     print(f"load average at end: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 
 
