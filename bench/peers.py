@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,10 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{MODEL_DIR.name}, {os.cpu_count()} CPUs; streamed /v1/chat/completions, greedy")
     print(f"{args.tokens} output tokens forced per request, {args.requests} requests per client, closed loop")
     if binary is not None:
-        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True)
-        print(f"llama-server from {SDIST_NAME} {SDIST_VERSION}: {(version.stdout + version.stderr).strip()}")
         context = args.parallel * args.slot_context
-        print(f"llama-server --parallel {args.parallel} --ctx-size {context} --threads {args.threads}")
+        print(
+            f"llama-server (built from the sdist {SDIST_NAME} {SDIST_VERSION}) --parallel {args.parallel} "
+            f"--ctx-size {context} --threads {args.threads}"
+        )
     print(f"load average at start: {load()}")
     rows: list[Row] = []
     for spec in [OursSpec("ours"), *args.ours]:
