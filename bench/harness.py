@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -39,10 +39,44 @@ class RequestResult:
     tokens: int = 0
     gaps_s: list[float] = field(default_factory=list)
     error: str | None = None
+    last_s: float = 0.0
+    """When the latest output arrived, in seconds after the request was sent."""
+
+    def output_at(self, elapsed_s: float) -> None:
+        """Output arrived `elapsed_s` after the request was sent: the first sets TTFT, the next ones a gap each."""
+        if self.ttft_s == 0.0:
+            self.ttft_s = elapsed_s
+        else:
+            self.gaps_s.append(elapsed_s - self.last_s)
+        self.last_s = elapsed_s
 
 
 Send = Callable[[httpx.AsyncClient], Awaitable[RequestResult]]
 """One request over the given client, timed."""
+LineReader = Callable[[RequestResult, str, float], bool]
+"""Reads one line of a streamed answer into the result, given the seconds since the request was
+sent; True at the end of the stream."""
+
+
+async def timed_stream(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], read_line: LineReader
+) -> RequestResult:
+    """POST `body` to `path` and read the streamed answer line by line; a refusal or a broken
+    connection is the result's error."""
+    result = RequestResult()
+    started = time.perf_counter()
+    try:
+        async with client.stream("POST", path, json=body) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}"
+            else:
+                async for line in response.aiter_lines():
+                    if read_line(result, line, time.perf_counter() - started):
+                        break
+    except httpx.HTTPError as exc:
+        result.error = type(exc).__name__
+    result.e2e_s = time.perf_counter() - started
+    return result
 
 
 async def closed_loop(url: str, concurrency: int, requests: int, send: Send) -> tuple[float, list[RequestResult]]:

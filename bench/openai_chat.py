@@ -9,13 +9,12 @@ delta may carry more or less than one token.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from bench.harness import RequestResult
+from bench.harness import RequestResult, timed_stream
 
 
 def chat_body(prompt: str, tokens: int, model: str) -> dict[str, Any]:
@@ -53,31 +52,17 @@ def read_chunk(data: str) -> Chunk:
     return Chunk(text=text, completion_tokens=usage.get("completion_tokens"))
 
 
+def read_line(result: RequestResult, line: str, elapsed_s: float) -> bool:
+    if not line.startswith("data:"):
+        return False  # keep-alive comments, blank separators
+    chunk = read_chunk(line.removeprefix("data:").strip())
+    if chunk.text:
+        result.output_at(elapsed_s)
+    if chunk.completion_tokens is not None:
+        result.tokens = chunk.completion_tokens
+    result.error = chunk.error or result.error
+    return chunk.done
+
+
 async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestResult:
-    result = RequestResult()
-    started = last = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}"
-                return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                chunk = read_chunk(line.removeprefix("data:").strip())
-                if chunk.text:
-                    now = time.perf_counter()
-                    if result.ttft_s == 0.0:
-                        result.ttft_s = now - started
-                    else:
-                        result.gaps_s.append(now - last)
-                    last = now
-                if chunk.completion_tokens is not None:
-                    result.tokens = chunk.completion_tokens
-                result.error = chunk.error or result.error
-                if chunk.done:
-                    break
-    except httpx.HTTPError as exc:
-        result.error = type(exc).__name__
-    result.e2e_s = time.perf_counter() - started
-    return result
+    return await timed_stream(client, "/v1/chat/completions", body, read_line)

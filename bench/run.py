@@ -21,13 +21,12 @@ import asyncio
 import json
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from functools import partial
 
 import httpx
 
-from bench.harness import RequestResult, Server, closed_loop, free_port, load, percentile
+from bench.harness import RequestResult, Server, closed_loop, free_port, load, percentile, timed_stream
 from bench.redis_server import RedisProcess
 
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -72,33 +71,22 @@ def _pct(results: list[RequestResult], attribute: str, percent: int) -> float:
 
 
 async def one_request(client: httpx.AsyncClient, tokens: int) -> RequestResult:
-    result = RequestResult()
     body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
-    started = last = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/generate", json=body) as response:
-            if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}"
-                return result
-            event = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and event == "token":
-                    now = time.perf_counter()
-                    if result.ttft_s == 0.0:
-                        result.ttft_s = now - started
-                    else:
-                        result.gaps_s.append(now - last)
-                    last = now
-                elif line.startswith("data:") and event == "done":
-                    result.tokens = json.loads(line.split(":", 1)[1])["tokens_generated"]
-                elif line.startswith("data:") and event == "error":
-                    result.error = line
-    except httpx.HTTPError as exc:
-        result.error = type(exc).__name__
-    result.e2e_s = time.perf_counter() - started
-    return result
+    event = ""
+
+    def read_line(result: RequestResult, line: str, elapsed_s: float) -> bool:
+        nonlocal event
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event == "token":
+            result.output_at(elapsed_s)
+        elif line.startswith("data:") and event == "done":
+            result.tokens = json.loads(line.split(":", 1)[1])["tokens_generated"]
+        elif line.startswith("data:") and event == "error":
+            result.error = line
+        return False
+
+    return await timed_stream(client, "/v1/generate", body, read_line)
 
 
 async def run_level(label: str, url: str, concurrency: int, requests: int, tokens: int) -> LevelResult:
