@@ -10,6 +10,7 @@ embedded model converted to GGUF per output type (f32, f16, ...).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -140,6 +141,9 @@ def ensure_gguf(paths: LlamaCpp, model_dir: Path, outtype: str) -> Path:
     target = paths.gguf(model_dir, outtype)
     if target.is_file():
         return target
+    if importlib.util.find_spec("sentencepiece") is None:
+        # the converter imports it for Llama-family vocabularies even when the model has none
+        raise SystemExit("converting to GGUF needs sentencepiece (a dev dependency): make install")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     subprocess.run(convert_command(fetch_sources(paths), model_dir, outtype, partial), check=True)

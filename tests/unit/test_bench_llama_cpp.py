@@ -106,6 +106,14 @@ def test_an_interrupted_conversion_leaves_no_gguf(tmp_path: Path, monkeypatch: p
         raise KeyboardInterrupt
 
     monkeypatch.setattr(llama_cpp.subprocess, "run", converter_dies)
+    monkeypatch.setattr(llama_cpp.importlib.util, "find_spec", lambda name: object())  # sentencepiece or not
     with pytest.raises(KeyboardInterrupt):
         ensure_gguf(paths, Path("models/tiny"), "f16")
     assert not paths.gguf(Path("models/tiny"), "f16").exists()
+
+
+def test_conversion_without_sentencepiece_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llama_cpp.subprocess, "run", _refuse_to_run)
+    monkeypatch.setattr(llama_cpp.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="sentencepiece"):
+        ensure_gguf(LlamaCpp(tmp_path), Path("models/tiny"), "f32")
