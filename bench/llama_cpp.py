@@ -61,7 +61,8 @@ def configure_command(source: Path, build_dir: Path) -> list[str]:
         "-B",
         str(build_dir),
         "-DCMAKE_BUILD_TYPE=Release",
-        "-DGGML_NATIVE=ON",  # this CPU's vector extensions (AVX-512 here), as our torch kernels get
+        "-DGGML_NATIVE=ON",  # this CPU's vector extensions, as torch picks its kernels at run time
+        "-DBUILD_SHARED_LIBS=OFF",  # one binary that still runs when the cache folder moves
         "-DLLAMA_CURL=OFF",
         "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
