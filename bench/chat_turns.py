@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.run import Server, load
+from bench.harness import Server, load
 
 TOPICS = [
     "the water cycle",

@@ -20,28 +20,16 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
+from bench.harness import RequestResult, Server, closed_loop, free_port, load, percentile, timed_stream
 from bench.redis_server import RedisProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time, in a small village by the sea,"
-SERVER_ENV = {
-    "LOGGING__ACCESS_LOG": "false",
-    "LOGGING__LEVEL": "WARNING",
-    "RATE_LIMIT__ENABLED": "false",  # the bench is one client hammering the server on purpose
-    "CACHE__ENABLED": "false",  # it repeats one prompt: every request must reach the engine
-    "ENGINE__QUEUE_TIMEOUT_S": "900",  # the max_batch_size=1 server queues 16 clients: measure, don't reject
-    "ENGINE__MAX_QUEUE": "256",
-}
 STATE_ENV = {
     # --state redis: the limiter runs on every request (and so touches the state backend) but
     # never refuses one.
@@ -49,15 +37,6 @@ STATE_ENV = {
     "RATE_LIMIT__REQUESTS_PER_MINUTE": "100000000",
     "RATE_LIMIT__BURST_SIZE": "100000000",
 }
-
-
-@dataclass
-class RequestResult:
-    ttft_s: float = 0.0
-    e2e_s: float = 0.0
-    tokens: int = 0
-    gaps_s: list[float] = field(default_factory=list)
-    error: str | None = None
 
 
 @dataclass
@@ -88,93 +67,31 @@ HEADER = (
 
 
 def _pct(results: list[RequestResult], attribute: str, percent: int) -> float:
-    values = sorted(getattr(r, attribute) for r in results)
-    if not values:
-        return float("nan")
-    value: float = values[min(len(values) - 1, round(percent / 100 * (len(values) - 1)))]
-    return value
+    return percentile([getattr(r, attribute) for r in results], percent)
 
 
 async def one_request(client: httpx.AsyncClient, tokens: int) -> RequestResult:
-    result = RequestResult()
     body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
-    started = last = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/generate", json=body) as response:
-            if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}"
-                return result
-            event = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and event == "token":
-                    now = time.perf_counter()
-                    if result.ttft_s == 0.0:
-                        result.ttft_s = now - started
-                    else:
-                        result.gaps_s.append(now - last)
-                    last = now
-                elif line.startswith("data:") and event == "done":
-                    result.tokens = json.loads(line.split(":", 1)[1])["tokens_generated"]
-                elif line.startswith("data:") and event == "error":
-                    result.error = line
-    except httpx.HTTPError as exc:
-        result.error = type(exc).__name__
-    result.e2e_s = time.perf_counter() - started
-    return result
+    event = ""
+
+    def read_line(result: RequestResult, line: str, elapsed_s: float) -> bool:
+        nonlocal event
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event == "token":
+            result.output_at(elapsed_s)
+        elif line.startswith("data:") and event == "done":
+            result.tokens = json.loads(line.split(":", 1)[1])["tokens_generated"]
+        elif line.startswith("data:") and event == "error":
+            result.error = line
+        return False
+
+    return await timed_stream(client, "/v1/generate", body, read_line)
 
 
 async def run_level(label: str, url: str, concurrency: int, requests: int, tokens: int) -> LevelResult:
-    limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
-
-        async def client_loop() -> list[RequestResult]:
-            return [await one_request(client, tokens) for _ in range(requests)]
-
-        started = time.perf_counter()
-        per_client = await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return LevelResult(label, concurrency, wall, [r for results in per_client for r in results])
-
-
-@dataclass
-class Server:
-    label: str
-    url: str
-    process: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def start(cls, label: str, extra_env: dict[str, str]) -> Server:
-        port = free_port()
-        env = {**os.environ, **SERVER_ENV, "APP__PORT": str(port), **extra_env}
-        process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
-        return cls(label, f"http://127.0.0.1:{port}", process)
-
-    def wait_healthy(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise SystemExit(f"the {self.label} server exited before it was healthy")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"the {self.label} server did not become healthy")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    wall, results = await closed_loop(url, concurrency, requests, partial(one_request, tokens=tokens))
+    return LevelResult(label, concurrency, wall, results)
 
 
 class BareGenerate:
@@ -220,10 +137,6 @@ def one_client_against_bare_generate(url: str, args: argparse.Namespace) -> None
     print(
         f"one client: bare model.generate, torch's default kernels {dense:.1f} tok/s (server {mine / dense - 1:+.0%})"
     )
-
-
-def load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 @dataclass
