@@ -12,7 +12,7 @@ kernels chosen by measurement (bench/README.md has the figures):
         takes bfloat16 activations, so each layer's input is rounded to bfloat16 and its
         output returned in float32.
 
-Dynamic int8 (fbgemm's `linear_dynamic`, which also quantises each layer's input to 8 bits
+Dynamic int8 (fbgemm's `linear_dynamic`, which also quantises each layer's input to 7 bits
 with one scale for the whole batch) was faster still but lost the answers on this model
 (53 % greedy agreement, perplexity 15.6 -> 41), so it is not offered. `bf16` is not a layer
 swap: it loads the whole model in bfloat16 (see the loader). Every swapped layer is checked
