@@ -14,12 +14,16 @@ product once; where oneDNN is missing or disagrees, the layer stays as it was.
 
 from __future__ import annotations
 
-import logging
+from functools import partial
 
 import torch
 from torch import nn
 
-logger = logging.getLogger("app.model.onednn_linear")
+from app.model.linear_swap import swap_linear_layers
+
+_TOLERANCE = 2e-4
+"""Largest error of a packed layer on a random probe, relative to the product's largest
+magnitude: float32 summed in another order, nothing more."""
 
 
 class PackedLinear(nn.Module):
@@ -49,27 +53,4 @@ def pack_linear_layers(model: nn.Module, batch_hint: int) -> int:
     """
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return 0
-    replaced = 0
-    with torch.inference_mode():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is not nn.Linear or not _packable(child.weight):
-                    continue
-                packed = PackedLinear(child, batch_hint)
-                if not _agrees(child, packed):
-                    logger.warning("oneDNN linear disagrees with torch's; layer left as it was", extra={"layer": name})
-                    continue
-                setattr(parent, name, packed)
-                replaced += 1
-    return replaced
-
-
-def _packable(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and weight.dtype == torch.float32
-
-
-def _agrees(linear: nn.Linear, packed: PackedLinear) -> bool:
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(3, linear.in_features, generator=generator)
-    expected, actual = linear(probe), packed(probe)
-    return bool(torch.allclose(actual, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())))
+    return swap_linear_layers(model, partial(PackedLinear, batch_hint=batch_hint), _TOLERANCE, "onednn")

@@ -22,13 +22,12 @@ layer stays float32.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-logger = logging.getLogger("app.model.quantization")
+from app.model.linear_swap import swap_linear_layers
 
 INT8_MAX = 127
 INT8_ACTIVATIONS = torch.bfloat16
@@ -109,30 +108,4 @@ magnitude, that its format explains (float16's rounding; int8 weights, bfloat16 
 
 def quantize_linear_layers(model: nn.Module, kind: str) -> int:
     """Replace every CPU float32 `nn.Linear` of `model` by the `kind` layer; how many were."""
-    make = LINEAR_KINDS[kind]
-    replaced = 0
-    with torch.inference_mode():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is not nn.Linear or not _swappable(child.weight):
-                    continue
-                swapped = make(child)
-                if not _agrees(child, swapped, _TOLERANCE[kind]):
-                    logger.warning(
-                        "quantized linear disagrees with float's; layer left as it was", extra={"layer": name}
-                    )
-                    continue
-                setattr(parent, name, swapped)
-                replaced += 1
-    return replaced
-
-
-def _swappable(weight: torch.Tensor) -> bool:
-    return weight.device.type == "cpu" and weight.dtype == torch.float32
-
-
-def _agrees(linear: nn.Linear, swapped: QuantizedLinear, tolerance: float) -> bool:
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(3, linear.in_features, generator=generator)
-    expected, actual = linear(probe), swapped(probe)
-    return bool((actual - expected).abs().max() <= tolerance * float(expected.abs().max()))
+    return swap_linear_layers(model, LINEAR_KINDS[kind], _TOLERANCE[kind], kind)
