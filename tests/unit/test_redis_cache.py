@@ -36,8 +36,11 @@ async def replicas(
     cache: dict[str, Any] | None = None,
     **state: Any,
 ) -> AsyncIterator[list[RedisResponseCache[Completion]]]:
-    """`count` caches sharing one key prefix of their own, each with its own connection."""
-    section = StateSettings.model_validate(server.settings(**state))
+    """`count` caches sharing one key prefix of their own, each with its own connection.
+
+    Redis calls get 5 s unless a test says otherwise: on a busy 2-core machine a healthy call
+    can miss the default half second, and the cache then takes Redis for down (a miss)."""
+    section = StateSettings.model_validate(server.settings(**{"timeout_s": 5.0, **state}))
     connections = [RedisState(section, metrics) for _ in range(count)]
     try:
         yield [RedisResponseCache(CacheSettings(**(cache or {})), conn, JsonCodec(Completion)) for conn in connections]
