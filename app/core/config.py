@@ -103,6 +103,12 @@ class ModelSettings(Section):
             raise ValueError(f"model.quantization {self.quantization} has CPU kernels only: use model.device cpu")
         return self
 
+    def requested_dtype(self) -> str:
+        """`dtype`, or where it is auto the dtype `quantization` runs in (auto for none)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return _QUANTIZATION_DTYPES.get(self.quantization, "auto")
+
     def resolved_served_name(self) -> str:
         if self.served_name:
             return self.served_name

@@ -37,11 +37,9 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_dtype(requested: str, device: torch.device, quantization: str = "none") -> torch.dtype:
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested != "auto":
         return _DTYPES[requested]
-    if quantization == "bf16":
-        return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
@@ -71,7 +69,7 @@ def _load(settings: ModelSettings, token: str | None, progress: Callable[[str], 
         raise ModelLoadError(f"model.device is {settings.device!r} but CUDA is not available")
     if settings.quantization in LINEAR_KINDS and device.type != "cpu":
         raise ModelLoadError(f"model.quantization {settings.quantization} has CPU kernels only; the device is {device}")
-    dtype = resolve_dtype(settings.dtype, device, settings.quantization)
+    dtype = resolve_dtype(settings.requested_dtype(), device)
     common: dict[str, Any] = {
         "revision": settings.revision,
         "token": token,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.config import ConfigError, is_loopback, load_settings
+from app.core.config import ConfigError, ModelSettings, is_loopback, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,3 +160,18 @@ def test_server_refuses_invalid_config_with_one_line(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("quantization", "dtype", "requested"),
+    [
+        ("none", "auto", "auto"),
+        ("bf16", "auto", "bfloat16"),
+        ("int8", "auto", "float32"),
+        ("none", "float16", "float16"),
+    ],
+)
+def test_the_dtype_asked_of_the_loader_follows_the_quantization_where_dtype_is_auto(
+    quantization: str, dtype: str, requested: str
+) -> None:
+    assert ModelSettings.model_validate({"quantization": quantization, "dtype": dtype}).requested_dtype() == requested
