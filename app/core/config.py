@@ -132,6 +132,11 @@ class EngineSettings(Section):
     prefix_cache_mb: int = Field(256, ge=0)
     """KV of recently finished sequences kept (least recently used out), so that a prompt that
     extends one (a chat's next turn) prefills only its new tokens; 0 turns it off."""
+    compile: bool = False
+    """Compile the decoding step with torch.compile during start-up (/health stays `loading`
+    until done): fewer, fused operators per step. Off: every step runs eagerly."""
+    compile_cache_dir: Path = Path(".cache/torch-compile")
+    """Where the compiled kernels are kept, so that a second start reuses them."""
 
 
 class NamedKey(Section):

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 
 from app.engine.growing_cache import GrowingCache, GrowingLayer
 from app.engine.prefix_cache import LayerKV
+from app.engine.types import Decoder
 
 
 class KVBatch:
@@ -50,8 +51,15 @@ class KVBatch:
     def columns(self) -> int:
         return int(self.mask.shape[1])
 
-    def forward(self, model: Any, input_ids: torch.Tensor, new_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        new_mask: torch.Tensor | None = None,
+        decoder: Decoder | None = None,
+    ) -> torch.Tensor:
         """Append `input_ids` [rows, n] to every row; `new_mask` marks which of them are padding.
+        A one-token step goes through `decoder` (a compiled step) where there is one.
 
         Returns the logits after each row's last column, [rows, vocab]. If the model raises
         (an out-of-memory error, say), the cache is put back as it was before the call.
@@ -60,19 +68,22 @@ class KVBatch:
         mask = torch.cat([self.mask, torch.ones_like(input_ids) if new_mask is None else new_mask], dim=-1)
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)[:, columns:]
         try:
-            outputs = model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=self.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            if decoder is not None and input_ids.shape[1] == 1:
+                logits = decoder(self.cache, mask, input_ids, positions)
+            else:
+                outputs = model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                logits = outputs.logits[:, -1, :]
         except BaseException:
             self._crop(columns)
             raise
         self.mask = mask
-        logits: torch.Tensor = outputs.logits[:, -1, :]
         return logits
 
     def extend(self, other: KVBatch) -> None:

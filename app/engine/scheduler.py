@@ -147,7 +147,7 @@ class Scheduler:
             [[slot.state.last_token] for slot in self._running], dtype=torch.long, device=self._loaded.device
         )
         try:
-            logits = self._kv.forward(self._loaded.model, inputs)
+            logits = self._kv.forward(self._loaded.model, inputs, decoder=self._loaded.decoder)
         except torch.OutOfMemoryError:
             return self._shrink_after_oom()
         self._observe(len(self._running))

@@ -102,6 +102,11 @@ class ChatMessage:
     content: str
 
 
+Decoder = Callable[[Any, "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+"""A compiled decoding step: (KV cache, mask [rows, columns + 1], input ids [rows, 1],
+positions [rows, 1]) -> logits [rows, vocab], appending the step to the cache."""
+
+
 @dataclass
 class LoadedModel:
     """A loaded model as the engine runs it (built by app.model.loader)."""
@@ -115,3 +120,5 @@ class LoadedModel:
     served_name: str
     quantization: str = "none"
     """`model.quantization` as loaded: how the weights are stored (`dtype` is the activations')."""
+    decoder: Decoder | None = None
+    """The compiled decoding step (`engine.compile`), or None: every step runs eagerly."""

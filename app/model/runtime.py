@@ -63,6 +63,13 @@ def load_serving_model(settings: Settings, on_progress: Progress, on_batch: Batc
 
     token = settings.huggingface_token
     loaded = load_model(settings.model, token.get_secret_value() if token else None, on_progress)
+    if settings.engine.compile:
+        from app.engine.compiled_step import compile_decoding
+
+        engine_settings = settings.engine
+        loaded = compile_decoding(
+            loaded, engine_settings.max_batch_size, engine_settings.compile_cache_dir, on_progress
+        )
     prompts = PromptBuilder(loaded.tokenizer, loaded.context_length, read_system_prompt(settings.model))
     engine = BatchingEngine(loaded, settings.engine, on_batch=on_batch)
     engine.start()
