@@ -25,8 +25,9 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.config import Settings, load_settings
+from app.engine.types import LoadedModel
 from app.main import create_app
-from app.model.runtime import ServingModelFactory, load_serving_model
+from app.model.runtime import ServingModelFactory, load_engine_model, load_serving_model
 from app.prepare.prepare import prepare
 from tests.redis_server import RedisServer
 
@@ -52,6 +53,12 @@ def make_settings(model_dir: Path, **sections: dict[str, Any]) -> Settings:
     model = {"name": str(model_dir), "system_prompt_file": str(ROOT / "prompts" / "system.txt")}
     model.update(sections.pop("model", {}))
     return load_settings(config_file=ROOT / "config.yml", env_file=None, model=model, **sections)
+
+
+def engine_model(model_dir: Path, **model: Any) -> LoadedModel:
+    """The model as the server hands it to its engine: its decoding step compiled when the
+    environment says ENGINE__COMPILE=true (`make test-compiled` runs the e2e tests so)."""
+    return load_engine_model(make_settings(model_dir, model=model), lambda _: None)
 
 
 def free_port() -> int:

@@ -34,6 +34,7 @@ from app.engine.opaque_ops import (
     STEP_FLAG,
     DecodingStep,
     current_step,
+    int_attribute,
     make_linear_layers_opaque,
 )
 from app.engine.types import LoadedModel
@@ -62,7 +63,9 @@ class CompiledDecoder:
             options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe},
         )
 
-    def __call__(self, cache: Any, mask: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, cache: Any, mask: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         """Logits [rows, vocab] after appending `input_ids` [rows, 1] to `cache`; `mask`
         [rows, columns] covers the cache's columns and the new one."""
         rows = int(input_ids.shape[0])
@@ -97,9 +100,7 @@ class CompiledDecoder:
             prompt = torch.full((rows, _WARM_UP_PROMPT), 1, dtype=torch.long, device=device)
             batch.forward(self._model, prompt)
             batch.forward(self._model, prompt[:, :1], decoder=self)
-            logger.info(
-                "decoding step compiled", extra={"rows": rows, "seconds": round(time.monotonic() - started, 1)}
-            )
+            logger.info("decoding step compiled", extra={"rows": rows, "seconds": round(time.monotonic() - started, 1)})
 
 
 def compile_decoding(
@@ -107,9 +108,13 @@ def compile_decoding(
 ) -> LoadedModel:
     """`loaded` with a compiled decoding step, or as it was (with a warning) if the model's
     attention is one the compiled step does not implement (sliding windows, soft-capping)."""
+    model = loaded.model
+    unsupported = unsupported_attention(model.config)
+    if unsupported:
+        logger.warning("decoding step not compiled; it runs eagerly", extra={"reason": unsupported})
+        return loaded
     # inductor reads its cache folder from the environment only.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
-    model = loaded.model
     linears = make_linear_layers_opaque(model, (PackedLinear, QuantizedLinear))
     previous = model.config._attn_implementation
     model.set_attn_implementation(ATTENTION_NAME)
@@ -117,12 +122,27 @@ def compile_decoding(
     try:
         with torch.inference_mode():
             decoder.warm_up(loaded.device, progress)
-    except NotImplementedError as exc:
-        logger.warning("decoding step not compiled; it runs eagerly", extra={"reason": str(exc)})
+    except Exception as exc:  # the server still serves, eagerly: slower, never wrong
+        logger.warning(
+            "decoding step not compiled; it runs eagerly",
+            extra={"reason": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"},
+        )
         model.set_attn_implementation(previous)
         torch._dynamo.reset()
         return loaded
     return replace(loaded, decoder=decoder)
+
+
+def unsupported_attention(config: Any) -> str | None:
+    """Why `llm::attend` cannot serve this model's attention, or None if it can."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
+        return "layers with sliding-window or other non-full attention"
+    if getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+        return "sliding-window attention"
+    if getattr(text, "attn_logit_softcapping", None) is not None:
+        return "soft-capped attention logits"
+    return None
 
 
 def _dense(tensor: torch.Tensor) -> torch.Tensor:
@@ -132,7 +152,7 @@ def _dense(tensor: torch.Tensor) -> torch.Tensor:
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
     """The attention modules by layer index: what transformers' SDPA function is given."""
     found = {
-        int(module.layer_idx): module
+        int_attribute(module, "layer_idx"): module
         for module in model.modules()
         if type(module).__name__.endswith("Attention") and isinstance(getattr(module, "layer_idx", None), int)
     }

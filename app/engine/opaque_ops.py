@@ -38,9 +38,11 @@ STEP_FLAG = "engine_step"
 _UNSUPPORTED = ("sliding_window", "softcap", "s_aux")
 """Attention keywords that `llm::attend` does not implement: such a model is not compiled."""
 
-_library = torch.library.Library("llm", "DEF")
-_library.define("linear(Tensor x, int index, int out_features) -> Tensor")
-_library.define("attend(Tensor query, Tensor key, Tensor value, int layer, float scaling) -> Tensor")
+_library = torch.library.Library("llm", "DEF")  # type: ignore[no-untyped-call]
+_library.define("linear(Tensor x, int index, int out_features) -> Tensor")  # type: ignore[no-untyped-call]
+_library.define(  # type: ignore[no-untyped-call]
+    "attend(Tensor query, Tensor key, Tensor value, int layer, float scaling) -> Tensor"
+)
 
 
 class OpaqueLinear(nn.Module):
@@ -53,7 +55,7 @@ class OpaqueLinear(nn.Module):
         self.index = index
         """Its place in the model (`DecodingStep.linears`): the same in every process, so that
         a graph compiled by one start is found in the on-disk cache by the next."""
-        self.out_features: int = inner.out_features
+        self.out_features = int_attribute(inner, "out_features")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
@@ -61,6 +63,13 @@ class OpaqueLinear(nn.Module):
             return output
         result: torch.Tensor = self.inner(x)
         return result
+
+
+def int_attribute(module: nn.Module, name: str) -> int:
+    value = getattr(module, name)
+    if not isinstance(value, int):
+        raise TypeError(f"{type(module).__name__}.{name} is not an int")
+    return value
 
 
 def make_linear_layers_opaque(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> list[nn.Module]:
@@ -130,7 +139,9 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: 
     return output
 
 
-def _attend_shape(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, scaling: float) -> torch.Tensor:
+def _attend_shape(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, scaling: float
+) -> torch.Tensor:
     rows, heads, tokens, dim = query.shape
     return query.new_empty((rows, tokens, heads, dim))
 
@@ -153,12 +164,12 @@ def engine_attention(
             raise NotImplementedError(f"a compiled decoding step does not support attention with {name}")
     scaling = kwargs.get("scaling")
     scale = float(scaling) if scaling is not None else float(query.shape[-1]) ** -0.5
-    return torch.ops.llm.attend(query, key, value, int(module.layer_idx), scale), None  # type: ignore[attr-defined]
+    return torch.ops.llm.attend(query, key, value, int_attribute(module, "layer_idx"), scale), None
 
 
 for _device in ("CPU", "CUDA"):
-    _library.impl("attend", _attend, _device)
-_library.impl("linear", _linear, "CPU")
+    _library.impl("attend", _attend, _device)  # type: ignore[no-untyped-call]
+_library.impl("linear", _linear, "CPU")  # type: ignore[no-untyped-call]
 torch.library.register_fake("llm::linear", _linear_shape, lib=_library)
 torch.library.register_fake("llm::attend", _attend_shape, lib=_library)
 AttentionInterface.register(ATTENTION_NAME, engine_attention)

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from app.core.config import ModelSettings, Settings
 from app.core.errors import ModelNotReady, ModelUnhealthy, ShuttingDown
-from app.engine.types import BatchObserver, Engine, EngineStats, GenerationRequest, SamplingParams
+from app.engine.types import BatchObserver, Engine, EngineStats, GenerationRequest, LoadedModel, SamplingParams
 from app.model.chat_format import PromptBuilder
 
 logger = logging.getLogger("app.model.runtime")
@@ -59,17 +59,8 @@ loader thread. `load_serving_model` is the real one; tests pass a scripted fake 
 def load_serving_model(settings: Settings, on_progress: Progress, on_batch: BatchObserver | None) -> ReadyModel:
     """The configured model on the continuous-batching engine. torch is imported here, off the loop."""
     from app.engine.batching import BatchingEngine
-    from app.model.loader import load_model
 
-    token = settings.huggingface_token
-    loaded = load_model(settings.model, token.get_secret_value() if token else None, on_progress)
-    if settings.engine.compile:
-        from app.engine.compiled_step import compile_decoding
-
-        engine_settings = settings.engine
-        loaded = compile_decoding(
-            loaded, engine_settings.max_batch_size, engine_settings.compile_cache_dir, on_progress
-        )
+    loaded = load_engine_model(settings, on_progress)
     prompts = PromptBuilder(loaded.tokenizer, loaded.context_length, read_system_prompt(settings.model))
     engine = BatchingEngine(loaded, settings.engine, on_batch=on_batch)
     engine.start()
@@ -85,6 +76,20 @@ def load_serving_model(settings: Settings, on_progress: Progress, on_batch: Batc
             quantization=loaded.quantization,
         ),
     )
+
+
+def load_engine_model(settings: Settings, on_progress: Progress) -> LoadedModel:
+    """The configured model as the engine runs it: loaded, and its decoding step compiled
+    when `engine.compile` is on."""
+    from app.model.loader import load_model
+
+    token = settings.huggingface_token
+    loaded = load_model(settings.model, token.get_secret_value() if token else None, on_progress)
+    if not settings.engine.compile:
+        return loaded
+    from app.engine.compiled_step import compile_decoding
+
+    return compile_decoding(loaded, settings.engine.max_batch_size, settings.engine.compile_cache_dir, on_progress)
 
 
 def read_system_prompt(settings: ModelSettings) -> str | None:

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 import pytest
 import torch
 
-from app.core.config import EngineSettings, ModelSettings
+from app.core.config import EngineSettings
 from app.core.errors import EngineOverloaded, GenerationFailed, GenerationTimeout, QueueTimeout, ShuttingDown
 from app.engine.batching import BatchingEngine
 from app.engine.types import GenerationChunk, GenerationRequest, LoadedModel, SamplingParams
-from app.model.loader import load_model
+from tests.conftest import engine_model
 
 T = TypeVar("T")
 PROMPTS = [
@@ -34,7 +34,7 @@ LONG = "Write a long essay about rivers."
 
 @pytest.fixture(scope="module")
 def loaded(model_dir: Path) -> LoadedModel:
-    return load_model(ModelSettings(name=str(model_dir)), None)
+    return engine_model(model_dir)
 
 
 @dataclass
@@ -288,7 +288,7 @@ class OutOfMemoryAbove:
 
 
 def with_model(loaded: LoadedModel, model: Any) -> LoadedModel:
-    return replace(loaded, model=model)
+    return replace(loaded, model=model, decoder=None)  # every step through `model`
 
 
 def test_out_of_memory_shrinks_the_batch_and_every_request_completes(loaded: LoadedModel) -> None:

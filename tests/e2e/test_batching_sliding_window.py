@@ -16,10 +16,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-from app.core.config import EngineSettings, ModelSettings
+from app.core.config import EngineSettings
 from app.engine.batching import BatchingEngine
 from app.engine.types import GenerationRequest, LoadedModel, SamplingParams
-from app.model.loader import load_model
+from tests.conftest import engine_model
 
 PROMPTS = [
     "Once upon a time, in a small village by the sea,",
@@ -53,7 +53,7 @@ def sliding(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Loaded
     folder = tmp_path_factory.mktemp("tiny-gemma3")
     Gemma3ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return load_model(ModelSettings(name=str(folder)), None)
+    return engine_model(folder)
 
 
 def reference(loaded: LoadedModel, prompt: str) -> str:

@@ -16,13 +16,12 @@ from typing import Any
 import pytest
 import torch
 
-from app.core.config import EngineSettings, ModelSettings
+from app.core.config import EngineSettings
 from app.engine.batching import BatchingEngine
 from app.engine.types import ChatMessage, GenerationRequest, LoadedModel, SamplingParams
 from app.model.chat_format import PromptBuilder
-from app.model.loader import load_model
 from app.model.runtime import read_system_prompt
-from tests.conftest import LiveServer, make_settings, metric_value
+from tests.conftest import LiveServer, engine_model, make_settings, metric_value
 
 TOKENS = 24
 CHATS = [
@@ -33,7 +32,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def loaded(model_dir: Path) -> LoadedModel:
-    return load_model(ModelSettings(name=str(model_dir)), None)
+    return engine_model(model_dir)
 
 
 @pytest.fixture(scope="module")
