@@ -8,7 +8,7 @@ MODELS_DIR := models
 IMAGE  ?= llm-fastapi-service
 TORCH_VERSION := 2.13.0
 
-.PHONY: install lock model run test test-fast lint format type-check bench bench-peers bench-quality build-docker run-docker clean
+.PHONY: install lock model run test test-compiled test-fast lint format type-check bench bench-peers bench-quality build-docker run-docker clean
 
 install: $(STAMP)
 
@@ -49,6 +49,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
 	$(BIN)/python -m pytest -q --cov=app --cov-report=term-missing:skip-covered --cov-fail-under=90
+
+# The end-to-end tests again with every engine and server compiling its decoding step
+# (ENGINE__COMPILE=true). The first compile takes about a minute on 2 cores; inductor's
+# cache (.cache/torch-compile) makes the rest take seconds.
+test-compiled: $(STAMP)
+	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
+	ENGINE__COMPILE=true ENGINE__COMPILE_CACHE_DIR=$(CURDIR)/.cache/torch-compile $(BIN)/python -m pytest -q tests/e2e
 
 # Unit and API tests only: no model, no server, the app over a scripted fake engine; spread over
 # the cores (pytest-xdist), as every API test builds its own app. Under a minute.

@@ -4,13 +4,12 @@ The model is loaded as the server loads it, a prompt of `--prompt` tokens is pre
 each of `--rows` rows, then `--steps` one-token decoding steps are timed:
   eager     the engine's own step (`KVBatch.forward`: transformers' forward, the Linear
             layers packed for oneDNN, a KV cache that grows in place)
-  compiled  (`--compile`) the same forward through `torch.compile` (inductor, weights frozen
-            into the graph so that it packs them itself) on a static KV cache of `--capacity`
-            columns, one graph per batch size, as a CUDA-graph server captures them
+  compiled  (`--compile`) the engine's compiled step (`engine.compile`): inductor's graph with
+            the Linear kernels and attention called as opaque operators
 Per variant: milliseconds per step (the median of `--rounds` rounds), and under the torch
 profiler the split of the step into matrix products, attention, other operators and what no
 operator accounts for (Python, dispatch, the compiled graph's own wrapper). For `compiled`
-also the seconds its first call took (tracing and compiling).
+also the seconds its warm-up took (tracing, and compiling or reading inductor's cache).
 """
 
 from __future__ import annotations
@@ -24,17 +23,19 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from app.core.config import ModelSettings
+from app.core.config import EngineSettings, ModelSettings
+from app.engine.compiled_step import compile_decoding
 from app.engine.kv_batch import KVBatch
 from app.engine.types import LoadedModel
 from app.model.loader import load_model
 from bench.mechanisms import MODEL_DIR
 
 Step = Callable[[], Any]
-_MATMULS = ("linear", "addmm", "aten::mm", "int8pack", "int4pack", "matmul")
+_MATMULS = ("linear", "addmm", "aten::mm", "int8pack", "int4pack", "matmul", "fp16")
 
 
 def eager_step(loaded: LoadedModel, rows: int, prompt: int) -> Step:
+    """The engine's eager step (`engine.compile: false`)."""
     kv = KVBatch.empty(rows, loaded.device)
     kv.forward(loaded.model, torch.randint(100, 1000, (rows, prompt)))
     token = torch.randint(100, 1000, (rows, 1))
@@ -42,44 +43,17 @@ def eager_step(loaded: LoadedModel, rows: int, prompt: int) -> Step:
     return lambda: kv.forward(loaded.model, token)
 
 
-def compiled_step(loaded: LoadedModel, rows: int, prompt: int, capacity: int) -> tuple[Step, float]:
-    """A compiled forward over transformers' static cache; returns it and its compile seconds."""
-    import torch._inductor.config as inductor
-    from transformers import StaticCache
-
-    inductor.freezing = True
-    model = loaded.model
-    cache = StaticCache(config=model.config, max_cache_len=capacity)
-    mask = torch.zeros((rows, capacity), dtype=torch.long)
-    mask[:, : prompt + 1] = 1
-    model(
-        input_ids=torch.randint(100, 1000, (rows, prompt)),
-        attention_mask=mask[:, :prompt],
-        cache_position=torch.arange(prompt),
-        past_key_values=cache,
-        use_cache=True,
-    )
-    token, positions, column = (
-        torch.randint(100, 1000, (rows, 1)),
-        torch.full((rows, 1), prompt),
-        torch.tensor([prompt]),
-    )
-
-    def forward() -> Any:
-        return model(
-            input_ids=token,
-            position_ids=positions,
-            cache_position=column,
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits
-
-    compiled = torch.compile(forward, dynamic=False)
+def compiled_step(rows: int, prompt: int, quantization: str) -> tuple[Step, float]:
+    """The engine's compiled step (`engine.compile`) on a fresh load; returns it and the
+    seconds `compile_decoding` took (tracing, compiling or loading from the on-disk cache)."""
+    loaded = load_model(ModelSettings(name=str(MODEL_DIR), quantization=quantization), None)
     started = time.perf_counter()
-    compiled()
-    return compiled, time.perf_counter() - started
+    loaded = compile_decoding(loaded, max(rows, 2), EngineSettings().compile_cache_dir, lambda _: None)
+    seconds = time.perf_counter() - started
+    kv = KVBatch.empty(rows, loaded.device)
+    kv.forward(loaded.model, torch.randint(100, 1000, (rows, prompt)))
+    token = torch.randint(100, 1000, (rows, 1))
+    return (lambda: kv.forward(loaded.model, token, decoder=loaded.decoder)), seconds
 
 
 def ms_per_step(step: Step, steps: int, rounds: int) -> float:
@@ -106,7 +80,9 @@ def breakdown(step: Step, steps: int) -> dict[str, float]:
         if event.key.startswith(("## ", "Torch-Compiled", "TorchDynamo", "AOTDispatcher")):
             continue
         part = (
-            "attention"
+            "other ops"  # the engine's opaque operators: their own time is the call, not the kernel
+            if event.key.startswith("llm::")
+            else "attention"
             if "attention" in event.key
             else "matmul"
             if any(m in event.key for m in _MATMULS)
@@ -124,22 +100,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also the torch.compile variant")
-    parser.add_argument("--capacity", type=int, default=256, help="static KV columns of the compiled variant")
+    parser.add_argument("--quantization", default="none", help="model.quantization of both variants")
     args = parser.parse_args()
     with torch.inference_mode():
         report(args)
 
 
 def report(args: argparse.Namespace) -> None:
-    settings = ModelSettings(name=str(MODEL_DIR))
-    server = load_model(settings, None)
-    plain = load_model(settings.model_copy(update={"cpu_onednn_linear": False}), None) if args.compile else None
+    server = load_model(ModelSettings(name=str(MODEL_DIR), quantization=args.quantization), None)
     print(f"{'variant':<9} {'rows':>4} {'ms/step':>8} {'matmul':>7} {'attn':>6} {'other':>6} {'no op':>6} compile_s")
     for rows in (int(r) for r in args.rows.split(",")):
         variants: list[tuple[str, Step, float | None]] = [("eager", eager_step(server, rows, args.prompt), None)]
-        if plain is not None:
-            torch._dynamo.reset()
-            variants.append(("compiled", *compiled_step(plain, rows, args.prompt, args.capacity)))
+        if args.compile:
+            variants.append(("compiled", *compiled_step(rows, args.prompt, args.quantization)))
         for name, step, compile_s in variants:
             ms = ms_per_step(step, args.steps, args.rounds)
             parts = breakdown(step, args.steps)

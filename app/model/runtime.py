@@ -42,6 +42,8 @@ class ModelInfo:
     system_prompt_supported: bool
     quantization: str = "none"
     """`model.quantization` in force: how the weights are stored (`dtype` is the activations')."""
+    compiled: bool = False
+    """Whether decoding steps run through the compiled step (`engine.compile`)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def load_serving_model(settings: Settings, on_progress: Progress, on_batch: Batc
             context_length=loaded.context_length,
             system_prompt_supported=prompts.supports_system,
             quantization=loaded.quantization,
+            compiled=loaded.decoder is not None,
         ),
     )
 

@@ -112,7 +112,7 @@ def test_status_shows_the_model_and_what_is_in_force(api: TestClient) -> None:
     assert status["status"] == "healthy" and status["version"] == __version__ and status["uptime_s"] >= 0
     assert status["model"] == {
         "name": "scripted-model", "served_name": "scripted-model", "device": "cpu", "dtype": "float32",
-        "context_length": 4096, "system_prompt_supported": True, "quantization": "none",
+        "context_length": 4096, "system_prompt_supported": True, "quantization": "none", "compiled": False,
     }  # fmt: skip
     assert status["queue"] == {"queued": 0, "running": 0, "cancelled": 0, "max_queue": 64}
     assert status["auth"] == {"enabled": False, "keys": 0, "protect_metrics": False}

@@ -146,6 +146,7 @@ def test_health_says_loading_while_the_server_compiles_then_healthy(
     assert "compiling the decoding step (1 of 2)" in seen or "compiling the decoding step (2 of 2)" in seen
     with live.client() as client:
         assert client.get("/health").json()["status"] == "healthy"
+        assert client.get("/status").json()["model"]["compiled"] is True
 
 
 def test_a_compiled_server_answers_as_the_eager_one(

@@ -37,6 +37,8 @@ class ModelStatus(BaseModel):
     system_prompt_supported: bool | None
     quantization: str | None
     """`model.quantization`: none, bf16, fp16 or int8 (how the weights are stored)."""
+    compiled: bool | None
+    """Whether decoding steps run compiled (`engine.compile`, and the model's attention allows it)."""
 
     @classmethod
     def of(cls, name: str, served_name: str, info: ModelInfo | None) -> ModelStatus:
@@ -48,6 +50,7 @@ class ModelStatus(BaseModel):
             context_length=info.context_length if info else None,
             system_prompt_supported=info.system_prompt_supported if info else None,
             quantization=info.quantization if info else None,
+            compiled=info.compiled if info else None,
         )
 
 
