@@ -165,7 +165,7 @@ def test_out_of_memory_empties_the_prefix_cache_before_it_touches_a_request(
     loaded: LoadedModel, prompts: PromptBuilder, during: str
 ) -> None:
     flaky = OutOfMemoryOnce(loaded.model, during)
-    chats = Chats(replace(loaded, model=flaky), prompts, 256)
+    chats = Chats(replace(loaded, model=flaky, decoder=None), prompts, 256)  # every step through `flaky`
     first, second = CHATS[0][:2]
 
     async def scenario() -> list[str]:
