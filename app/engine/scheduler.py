@@ -153,7 +153,7 @@ class Scheduler:
         self._observe(len(self._running))
         self._regrow()
         rows = list(enumerate(self._running))
-        keep, retired = _accept(rows, logits)
+        keep, retired = _accept(rows, logits, self._loaded.eos_token_ids)
         self._remember_finished(self._kv, rows)
         self._set_running(keep)
         return retired
@@ -190,7 +190,7 @@ class Scheduler:
         if logits is None:
             return []
         live = [(row, slot) for row, slot in enumerate(self._prefilling) if slot is not None]
-        keep, retired = _accept(live, logits)
+        keep, retired = _accept(live, logits, self._loaded.eos_token_ids)
         self._remember_finished(group.kv, live)
         group.kv.keep(keep)
         self._kv.extend(group.kv)
@@ -286,14 +286,16 @@ def _leaving(slot: Slot, now: float) -> Outcome | None:
     return None
 
 
-def _accept(rows: list[tuple[int, Slot]], logits: torch.Tensor) -> tuple[list[int], list[Retired]]:
+def _accept(
+    rows: list[tuple[int, Slot]], logits: torch.Tensor, eos_ids: frozenset[int]
+) -> tuple[list[int], list[Retired]]:
     """Each row's next token from its logits row, sent as text; the rows that go on, and the rest."""
-    greedy = logits.argmax(dim=-1).tolist()
+    greedy = _GreedyChoices(logits, eos_ids)
     keep: list[int] = []
     retired: list[Retired] = []
     for row, slot in rows:
         state = slot.state
-        token = state.choose(logits[row]) if state.needs_own_sampling else int(greedy[row])
+        token = state.choose(logits[row]) if state.needs_own_sampling else greedy.token(row, state.bans_eos)
         chunk = state.accept(token)
         if chunk.finish_reason is not None:
             retired.append(Retired(slot.job, "finished", chunk))
@@ -302,6 +304,28 @@ def _accept(rows: list[tuple[int, Slot]], logits: torch.Tensor) -> tuple[list[in
         if chunk.text:
             slot.job.deliver(chunk)
     return keep, retired
+
+
+class _GreedyChoices:
+    """The argmax of every row at once, with and (only if a row asks) without the EOS tokens:
+    one pass over the batch's logits instead of one per row."""
+
+    def __init__(self, logits: torch.Tensor, eos_ids: frozenset[int]) -> None:
+        self._logits = logits
+        self._eos_ids = list(eos_ids)
+        self._plain: list[int] | None = None
+        self._no_eos: list[int] | None = None
+
+    def token(self, row: int, bans_eos: bool) -> int:
+        if not bans_eos:
+            if self._plain is None:
+                self._plain = self._logits.argmax(dim=-1).tolist()
+            return self._plain[row]
+        if self._no_eos is None:
+            banned = self._logits.clone()
+            banned[:, self._eos_ids] = float("-inf")
+            self._no_eos = banned.argmax(dim=-1).tolist()
+        return self._no_eos[row]
 
 
 def _release_memory(device: torch.device) -> None:

@@ -35,8 +35,14 @@ class SequenceState:
 
     @property
     def needs_own_sampling(self) -> bool:
-        """False when the argmax of the raw logits is the answer (greedy, no penalty, EOS allowed)."""
-        return not self.params.greedy or self._penalised or self._eos_banned
+        """False when an argmax over the batch's logits is the answer: greedy and no penalty
+        (`bans_eos` says whether over the raw logits or those with the EOS tokens masked)."""
+        return not self.params.greedy or self._penalised
+
+    @property
+    def bans_eos(self) -> bool:
+        """The EOS tokens may not come yet (`ignore_eos`, or `min_tokens` not reached)."""
+        return self._eos_banned
 
     @property
     def _eos_banned(self) -> bool:
