@@ -48,7 +48,7 @@ def compiled_step(rows: int, prompt: int, quantization: str) -> tuple[Step, floa
     seconds `compile_decoding` took (tracing, compiling or loading from the on-disk cache)."""
     loaded = load_model(ModelSettings(name=str(MODEL_DIR), quantization=quantization), None)
     started = time.perf_counter()
-    loaded = compile_decoding(loaded, max(rows, 2), EngineSettings().compile_cache_dir, lambda _: None)
+    loaded = compile_decoding(loaded, EngineSettings().compile_cache_dir, lambda _: None)
     seconds = time.perf_counter() - started
     kv = KVBatch.empty(rows, loaded.device)
     kv.forward(loaded.model, torch.randint(100, 1000, (rows, prompt)))

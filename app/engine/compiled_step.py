@@ -7,9 +7,8 @@ kernels per layer. The matrix products and attention stay out of the graph (see
 `opaque_ops`): the products keep the model's own kernels, and attention keeps the engine's
 KV cache, which grows by a column a step, so one graph serves every sequence length.
 
-Graphs: the batch dimension is dynamic, so joining and leaving never recompiles; one graph
-serves a single row (which torch always specialises) and one serves 2..`max_batch_size` rows.
-Both are compiled during warm-up, while /health says `loading`. inductor keeps what it
+One graph: the batch dimension is dynamic, so joining and leaving never recompiles. It is
+compiled during warm-up, while /health says `loading`. inductor keeps what it
 compiled in `engine.compile_cache_dir`, so a second start reuses the kernels.
 
 Prefill stays eager: its shapes vary with every prompt, and its cost is in the products.
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import nn
 
 from app.engine.kv_batch import KVBatch
@@ -50,10 +50,9 @@ _WARM_UP_PROMPT = 4
 class CompiledDecoder:
     """Runs one decoding step of a batch through the compiled graph (inference thread only)."""
 
-    def __init__(self, model: nn.Module, linears: list[nn.Module], max_rows: int) -> None:
+    def __init__(self, model: nn.Module, linears: list[nn.Module]) -> None:
         self._model = model
         self._linears = linears
-        self._max_rows = max_rows
         self._attention = _attention_modules(model)
         self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
             self._forward,
@@ -68,15 +67,14 @@ class CompiledDecoder:
     ) -> torch.Tensor:
         """Logits [rows, vocab] after appending `input_ids` [rows, 1] to `cache`; `mask`
         [rows, columns] covers the cache's columns and the new one."""
-        rows = int(input_ids.shape[0])
         # Fresh, densely strided copies: the graph guards on strides, and a [rows, 1] column
         # sliced from a wider tensor keeps the wider one's (dynamo would recompile every step).
         input_ids, positions = _dense(input_ids), _dense(positions)
-        if rows > 1:  # one graph for every batch of two rows or more
-            torch._dynamo.maybe_mark_dynamic(input_ids, 0)
-            torch._dynamo.maybe_mark_dynamic(positions, 0)
+        torch._dynamo.maybe_mark_dynamic(input_ids, 0)
+        torch._dynamo.maybe_mark_dynamic(positions, 0)
         padded = None if bool(mask.all()) else mask.bool()[:, None, None, :]
-        with current_step(DecodingStep(cache=cache, mask=padded, attention=self._attention, linears=self._linears)):
+        step = DecodingStep(cache=cache, mask=padded, attention=self._attention, linears=self._linears)
+        with current_step(step):
             return self._compiled(input_ids, positions)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -91,21 +89,21 @@ class CompiledDecoder:
         return logits
 
     def warm_up(self, device: torch.device, progress: Callable[[str], None]) -> None:
-        """Compile the graphs the engine will need: one row, and several (dynamic)."""
-        sizes = [1] if self._max_rows == 1 else [1, 2]
-        for number, rows in enumerate(sizes, start=1):
-            progress(f"compiling the decoding step ({number} of {len(sizes)})")
-            started = time.monotonic()
-            batch = KVBatch.empty(rows, device)
-            prompt = torch.full((rows, _WARM_UP_PROMPT), 1, dtype=torch.long, device=device)
-            batch.forward(self._model, prompt)
+        """Compile the one graph every batch size uses (its batch dimension is dynamic)."""
+        progress("compiling the decoding step")
+        started = time.monotonic()
+        batch = KVBatch.empty(1, device)
+        prompt = torch.full((1, _WARM_UP_PROMPT), 1, dtype=torch.long, device=device)
+        batch.forward(self._model, prompt)
+        # torch specialises a dimension of size 1 unless told to reason about sizes without
+        # it: then the graph traced on one row serves any number (a second graph for two
+        # rows or more would double start-up).
+        with fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
             batch.forward(self._model, prompt[:, :1], decoder=self)
-            logger.info("decoding step compiled", extra={"rows": rows, "seconds": round(time.monotonic() - started, 1)})
+        logger.info("decoding step compiled", extra={"seconds": round(time.monotonic() - started, 1)})
 
 
-def compile_decoding(
-    loaded: LoadedModel, max_rows: int, cache_dir: Path, progress: Callable[[str], None]
-) -> LoadedModel:
+def compile_decoding(loaded: LoadedModel, cache_dir: Path, progress: Callable[[str], None]) -> LoadedModel:
     """`loaded` with a compiled decoding step, or as it was (with a warning) if the model's
     attention is one the compiled step does not implement (sliding windows, soft-capping)."""
     model = loaded.model
@@ -118,7 +116,7 @@ def compile_decoding(
     linears = make_linear_layers_opaque(model, (PackedLinear, QuantizedLinear))
     previous = model.config._attn_implementation
     model.set_attn_implementation(ATTENTION_NAME)
-    decoder = CompiledDecoder(model, linears, max_rows)
+    decoder = CompiledDecoder(model, linears)
     try:
         with torch.inference_mode():
             decoder.warm_up(loaded.device, progress)

@@ -92,7 +92,7 @@ def load_engine_model(settings: Settings, on_progress: Progress) -> LoadedModel:
         return loaded
     from app.engine.compiled_step import compile_decoding
 
-    return compile_decoding(loaded, settings.engine.max_batch_size, settings.engine.compile_cache_dir, on_progress)
+    return compile_decoding(loaded, settings.engine.compile_cache_dir, on_progress)
 
 
 def read_system_prompt(settings: ModelSettings) -> str | None:
