@@ -51,7 +51,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --cov=app --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 # The end-to-end tests again with every engine and server compiling its decoding step
-# (ENGINE__COMPILE=true). The first compile takes about a minute on 2 cores; inductor's
+# (ENGINE__COMPILE=true). The first compile takes about 45 s on 2 cores; inductor's
 # cache (.cache/torch-compile) makes the rest take seconds.
 test-compiled: $(STAMP)
 	$(BIN)/python -m app.prepare smollm2-135m-instruct --models-dir $(MODELS_DIR)
