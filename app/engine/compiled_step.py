@@ -44,7 +44,7 @@ from app.model.quantization import QuantizedLinear
 logger = logging.getLogger("app.engine.compiled_step")
 
 _WARM_UP_PROMPT = 4
-"""Tokens prefilled (eagerly) before a warm-up step compiles the graph for a batch size."""
+"""Tokens prefilled (eagerly) before the warm-up's decoding step compiles the graph."""
 
 
 class CompiledDecoder:
@@ -56,7 +56,7 @@ class CompiledDecoder:
         self._attention = _attention_modules(model)
         self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
             self._forward,
-            dynamic=False,
+            dynamic=False,  # only the batch dimension, marked on each call, is dynamic
             # The model's modules never change once loaded: checking each of them on every
             # call (~1 ms a step) buys nothing.
             options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe},
