@@ -74,7 +74,11 @@ class CompiledDecoder:
         torch._dynamo.maybe_mark_dynamic(positions, 0)
         padded = None if bool(mask.all()) else mask.bool()[:, None, None, :]
         step = DecodingStep(cache=cache, mask=padded, attention=self._attention, linears=self._linears)
-        with current_step(step):
+        # torch specialises a dimension of size 1 unless told to reason about sizes without
+        # it: then a graph traced on one row serves any number. Set for every call, not just
+        # the warm-up, as any later retrace (transformers' registries, which the graph's
+        # guards watch, can grow when another model class loads) must stay general too.
+        with current_step(step), fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
             return self._compiled(input_ids, positions)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -95,11 +99,7 @@ class CompiledDecoder:
         batch = KVBatch.empty(1, device)
         prompt = torch.full((1, _WARM_UP_PROMPT), 1, dtype=torch.long, device=device)
         batch.forward(self._model, prompt)
-        # torch specialises a dimension of size 1 unless told to reason about sizes without
-        # it: then the graph traced on one row serves any number (a second graph for two
-        # rows or more would double start-up).
-        with fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
-            batch.forward(self._model, prompt[:, :1], decoder=self)
+        batch.forward(self._model, prompt[:, :1], decoder=self)
         logger.info("decoding step compiled", extra={"seconds": round(time.monotonic() - started, 1)})
 
 
