@@ -36,6 +36,7 @@ from app.engine.opaque_ops import (
     current_step,
     int_attribute,
     make_linear_layers_opaque,
+    restore_linear_layers,
 )
 from app.engine.types import LoadedModel
 from app.model.onednn_linear import PackedLinear
@@ -126,6 +127,7 @@ def compile_decoding(loaded: LoadedModel, cache_dir: Path, progress: Callable[[s
             extra={"reason": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"},
         )
         model.set_attn_implementation(previous)
+        restore_linear_layers(model)
         torch._dynamo.reset()
         return loaded
     return replace(loaded, decoder=decoder)

@@ -83,6 +83,14 @@ def make_linear_layers_opaque(model: nn.Module, kinds: tuple[type[nn.Module], ..
     return wrapped
 
 
+def restore_linear_layers(model: nn.Module) -> None:
+    """Undo `make_linear_layers_opaque`: every `OpaqueLinear` replaced by the layer it wraps."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OpaqueLinear):
+                setattr(parent, name, child.inner)
+
+
 def _linear(x: torch.Tensor, index: int, out_features: int) -> torch.Tensor:
     output: torch.Tensor = _serving().linears[index].forward(x)
     return output

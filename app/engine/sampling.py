@@ -18,6 +18,13 @@ def apply_repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penal
     return logits.scatter(-1, seen_ids, scores)
 
 
+def without_tokens(logits: torch.Tensor, token_ids: frozenset[int]) -> torch.Tensor:
+    """A copy of `logits` (one row or a batch of rows) where `token_ids` can never win."""
+    banned = logits.clone()
+    banned[..., list(token_ids)] = float("-inf")
+    return banned
+
+
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]

@@ -26,6 +26,7 @@ from app.engine.jobs import Job, MailItem
 from app.engine.kv_batch import KVBatch
 from app.engine.prefill import PrefillGroup, group_size
 from app.engine.prefix_cache import PrefixCache
+from app.engine.sampling import without_tokens
 from app.engine.sequence import SequenceState
 from app.engine.types import BatchObserver, LoadedModel, PrefixCacheStats
 
@@ -312,7 +313,7 @@ class _GreedyChoices:
 
     def __init__(self, logits: torch.Tensor, eos_ids: frozenset[int]) -> None:
         self._logits = logits
-        self._eos_ids = list(eos_ids)
+        self._eos_ids = eos_ids
         self._plain: list[int] | None = None
         self._no_eos: list[int] | None = None
 
@@ -322,9 +323,7 @@ class _GreedyChoices:
                 self._plain = self._logits.argmax(dim=-1).tolist()
             return self._plain[row]
         if self._no_eos is None:
-            banned = self._logits.clone()
-            banned[:, self._eos_ids] = float("-inf")
-            self._no_eos = banned.argmax(dim=-1).tolist()
+            self._no_eos = without_tokens(self._logits, self._eos_ids).argmax(dim=-1).tolist()
         return self._no_eos[row]
 
 

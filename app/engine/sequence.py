@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.sampling import choose_next_token, make_generator
+from app.engine.sampling import choose_next_token, make_generator, without_tokens
 from app.engine.stops import StopSequenceFilter
 from app.engine.types import FinishReason, GenerationChunk, GenerationRequest, LoadedModel
 
@@ -42,10 +42,6 @@ class SequenceState:
     @property
     def bans_eos(self) -> bool:
         """The EOS tokens may not come yet (`ignore_eos`, or `min_tokens` not reached)."""
-        return self._eos_banned
-
-    @property
-    def _eos_banned(self) -> bool:
         return self.params.ignore_eos or self.completion_tokens < self.params.min_tokens
 
     @property
@@ -54,9 +50,8 @@ class SequenceState:
 
     def choose(self, logits: torch.Tensor) -> int:
         """Pick the next token from this sequence's 1-D logits row."""
-        if self._eos_banned:
-            logits = logits.clone()
-            logits[list(self._loaded.eos_token_ids)] = float("-inf")
+        if self.bans_eos:
+            logits = without_tokens(logits, self._loaded.eos_token_ids)
         return choose_next_token(logits, self.params, self._seen, self._generator)
 
     def accept(self, token: int) -> GenerationChunk:

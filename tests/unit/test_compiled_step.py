@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from app.engine.compiled_step import unsupported_attention
-from app.engine.opaque_ops import DecodingStep, OpaqueLinear, current_step, make_linear_layers_opaque
+from app.engine.opaque_ops import (
+    DecodingStep,
+    OpaqueLinear,
+    current_step,
+    make_linear_layers_opaque,
+    restore_linear_layers,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +55,14 @@ def test_opaque_linear_layers_are_the_layers_they_wrap_when_eager() -> None:
     assert [layer.index for layer in model if isinstance(layer, OpaqueLinear)] == [0, 1]
     assert wrapped == [model[0].inner, model[2].inner]
     assert torch.equal(model(torch.tensor([[-1.0, 1.0, 2.0]])), torch.tensor([[0.0, 4.0, 8.0]]))
+
+
+def test_a_failed_compile_gives_the_model_its_own_layers_back() -> None:
+    model = nn.Sequential(Doubling(), nn.ReLU(), Doubling())
+    layers = list(model)
+    make_linear_layers_opaque(model, (Doubling,))
+    restore_linear_layers(model)
+    assert list(model) == layers
 
 
 def test_the_operators_serve_only_inside_a_step() -> None:

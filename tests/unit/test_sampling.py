@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.sampling import choose_next_token, make_generator
+from app.engine.sampling import choose_next_token, make_generator, without_tokens
 from app.engine.types import SamplingParams
 
 LOGITS = torch.tensor([1.0, 4.0, 2.5, -3.0, 0.5])
@@ -32,3 +32,11 @@ def test_a_repetition_penalty_near_zero_favours_the_seen_tokens(temperature: flo
     params = SamplingParams(max_tokens=1, temperature=temperature, repetition_penalty=5e-324)
     generator = make_generator(0, torch.device("cpu"))
     assert choose_next_token(LOGITS, params, seen, generator) in {0, 2}
+
+
+def test_banned_tokens_never_win_in_a_row_or_a_batch_and_the_logits_stay_as_they_were() -> None:
+    batch = torch.tensor([[0.0, 5.0, 1.0], [3.0, 2.0, 9.0]])
+    banned = without_tokens(batch, frozenset({1, 2}))
+    assert banned.argmax(dim=-1).tolist() == [0, 0]
+    assert without_tokens(batch[1], frozenset({2})).argmax().item() == 0
+    assert batch[0, 1] == 5.0
